@@ -1,0 +1,190 @@
+"""MNIST as in-memory tensors, batched by index slicing (no per-image work)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from initlab.data.sources import MNIST_MD5, SOURCES, DataError, ensure_mnist
+
+MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics in [0, 1]
+NUM_TRAIN, NUM_VAL = 55_000, 5_000
+SPLIT_SEED = 12345  # fixed: the validation split never depends on the run's seed
+_IDX_MAGIC = {1: 0x0801, 3: 0x0803}
+
+
+def read_idx(path: Path, ndim: int) -> torch.Tensor:
+    """Parse an IDX file of unsigned bytes, checking its magic number and exact size."""
+    data = Path(path).read_bytes()
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path} is truncated: {len(data)} bytes, shorter than its header")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != _IDX_MAGIC[ndim]:
+        raise DataError(
+            f"{path} has magic number {magic:#06x}, expected {_IDX_MAGIC[ndim]:#06x} "
+            f"(an IDX file of {ndim}-d unsigned bytes)"
+        )
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(torch.tensor(shape).prod())
+    if len(data) != expected:
+        raise DataError(f"{path} has {len(data)} bytes, expected {expected} for shape {shape}")
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
+
+
+class Batches:
+    """Iterates ``(x, y)`` batches sliced from in-memory tensors.
+
+    ``x`` is stored as uint8 and turned into float in [0, 1] per batch, then passed through
+    ``transform`` (augmentation, normalisation) on whatever device the tensors live on.
+    Shuffling uses a generator seeded with ``seed + epoch`` so the order is reproducible and a
+    resumed run sees the same order. Under DDP each rank takes every ``world_size``-th example.
+    """
+
+    def __init__(self, images, labels, batch_size: int, transform: Callable, shuffle=False,
+                 drop_last=False, seed=0, rank=0, world_size=1,
+                 epoch: Callable[[], int] = lambda: 0):
+        self.images, self.labels = images, labels
+        self.batch_size, self.transform = batch_size, transform
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch())
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            # Same permutation on every rank, disjoint shards; shuffled shards have equal
+            # length so every rank runs the same number of steps.
+            if self.shuffle:
+                order = order[: n - n % self.world_size]
+            order = order[self.rank:: self.world_size]
+        return order.to(self.labels.device)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        if self.world_size > 1:
+            n = n // self.world_size + (0 if self.shuffle else int(self.rank < n % self.world_size))
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self._indices()
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, stop, self.batch_size):
+            idx = order[start: start + self.batch_size]
+            x = self.images[idx].unsqueeze(1).float().div_(255)
+            yield self.transform(x), self.labels[idx]
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """Real MNIST: 55k/5k train/validation split of the 60k, and the official 10k test set."""
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        train_samples: int | None = None,
+        normalize: bool = True,
+        sources: list[str] = list(SOURCES),
+        verify: bool = True,
+        augment: Callable | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size!r} is invalid: it must be an integer >= 1")
+        if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
+            raise ValueError(
+                f"data.eval_batch_size={eval_batch_size!r} is invalid: it must be an integer >= 1"
+            )
+        if train_samples is not None and (not isinstance(train_samples, int) or train_samples < 1):
+            raise ValueError(
+                f"data.train_samples={train_samples!r} is invalid: it must be null (all) or an "
+                f"integer in [1, {NUM_TRAIN}]"
+            )
+        self.data_dir = Path(data_dir)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.train_samples, self.normalize = train_samples, normalize
+        self.sources, self.verify = tuple(sources), verify
+        self.augment, self.seed = augment, seed
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare_data(self) -> None:
+        ensure_mnist(self.data_dir, self.sources, MNIST_MD5 if self.verify else None)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = ensure_mnist(self.data_dir, self.sources, MNIST_MD5 if self.verify else None)
+        images = read_idx(raw / "train-images-idx3-ubyte", 3)
+        labels = read_idx(raw / "train-labels-idx1-ubyte", 1).long()
+        test_x = read_idx(raw / "t10k-images-idx3-ubyte", 3)
+        test_y = read_idx(raw / "t10k-labels-idx1-ubyte", 1).long()
+        for name, x, y in (("train", images, labels), ("test", test_x, test_y)):
+            if len(x) != len(y):
+                raise DataError(f"{name} split has {len(x)} images but {len(y)} labels")
+        n_val = NUM_VAL if len(labels) == NUM_TRAIN + NUM_VAL else max(1, len(labels) // 12)
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        train_idx, val_idx = perm[n_val:], perm[:n_val]
+        if self.train_samples is not None:
+            if self.train_samples > len(train_idx):
+                raise ValueError(
+                    f"data.train_samples={self.train_samples} exceeds the {len(train_idx)} "
+                    "training examples available"
+                )
+            train_idx = train_idx[: self.train_samples]
+        self.splits = {
+            "train": (images[train_idx], labels[train_idx]),
+            "val": (images[val_idx], labels[val_idx]),
+            "test": (test_x, test_y),
+        }
+
+    def to(self, device: torch.device) -> None:
+        """Move every split to ``device`` (the GPU when training there)."""
+        self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self.splits.items()}
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - MEAN) / STD if self.normalize else x
+
+    def _train_transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.standardize(self.augment(x) if self.augment is not None else x)
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _batches(self, split: str, train: bool) -> Batches:
+        self.to(self._device())
+        x, y = self.splits[split]
+        trainer = self.trainer
+        return Batches(
+            x, y,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            transform=self._train_transform if train else self.standardize,
+            shuffle=train, seed=self.seed,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            epoch=(lambda: trainer.current_epoch) if train and trainer is not None else (lambda: 0),
+        )
+
+    def train_dataloader(self) -> Batches:
+        return self._batches("train", train=True)
+
+    def val_dataloader(self) -> Batches:
+        return self._batches("val", train=False)
+
+    def test_dataloader(self) -> Batches:
+        return self._batches("test", train=False)
+
+    def probe_batch(self, n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed set of ``n`` held-out (validation) examples, never augmented."""
+        x, y = self.splits["val"]
+        return self.standardize(x[:n].unsqueeze(1).float().div(255)), y[:n]

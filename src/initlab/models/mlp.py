@@ -1,0 +1,40 @@
+"""The fully connected network of Glorot & Bengio (2010)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from initlab.models.activations import check_activation, check_dropout, make_activation
+
+
+class MLP(nn.Module):
+    """``depth`` hidden layers ``fc1..fc<depth>`` of ``width`` units, each followed by
+    ``act<i>`` (and dropout), then the linear output layer ``out`` (softmax is in the loss).
+    The paper's network is depth 5, width 1000."""
+
+    def __init__(self, depth=5, width=1000, activation="tanh", dropout=0.0, batchnorm=False,
+                 in_features=784, num_classes=10):
+        super().__init__()
+        check_activation(activation)
+        check_dropout(dropout)
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"model.depth={depth!r} is invalid: it must be an integer >= 1")
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"model.width={width!r} is invalid: it must be an integer >= 1")
+        self.activation, self.depth = activation, depth
+        n_in = in_features
+        for i in range(1, depth + 1):
+            self.add_module(f"fc{i}", nn.Linear(n_in, width, bias=not batchnorm))
+            self.add_module(f"bn{i}", nn.BatchNorm1d(width) if batchnorm else nn.Identity())
+            self.add_module(f"act{i}", make_activation(activation))
+            n_in = width
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(n_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for i in range(1, self.depth + 1):
+            layer, norm, act = (getattr(self, f"{p}{i}") for p in ("fc", "bn", "act"))
+            x = self.dropout(act(norm(layer(x))))
+        return self.out(x)

@@ -1,0 +1,87 @@
+"""The LightningModule: loss with explicit L1/L2 penalties, accuracy, optimizer wiring."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+def penalized_weights(model: nn.Module) -> list[torch.Tensor]:
+    """Weights of Conv/Linear layers: the L1/L2 penalties leave biases and norms alone."""
+    return [m.weight for m in model.modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+
+
+def build_scheduler(scheduler: Callable, optimizer: torch.optim.Optimizer, total_steps: int):
+    """Complete a partial LR scheduler with what only the run knows (peak LR, step count)."""
+    params = inspect.signature(scheduler.func if hasattr(scheduler, "func") else scheduler).parameters
+    extra = {}
+    if "max_lr" in params:
+        extra["max_lr"] = [group["lr"] for group in optimizer.param_groups]
+    if "total_steps" in params:
+        extra["total_steps"] = total_steps
+    if "T_max" in params:
+        extra["T_max"] = total_steps
+    return scheduler(optimizer, **extra)
+
+
+class Classifier(L.LightningModule):
+    def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
+                 l1: float = 0.0, l2: float = 0.0, num_classes: int = 10):
+        super().__init__()
+        for name, value in (("l1", l1), ("l2", l2)):
+            if value < 0:
+                raise ValueError(f"{name}={value!r} is invalid: penalty coefficients must be >= 0")
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.l1, self.l2 = l1, l2
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        self.log("train/ce", loss, prog_bar=True)
+        if self.l1:
+            l1 = self.l1 * sum(w.abs().sum() for w in penalized_weights(self.model))
+            self.log("train/l1", l1)
+            loss = loss + l1
+        if self.l2:
+            l2 = self.l2 * sum(w.pow(2).sum() for w in penalized_weights(self.model))
+            self.log("train/l2", l2)
+            loss = loss + l2
+        self.log("train/loss", loss)
+        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy):
+        x, y = batch
+        logits = self.model(x)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True)
+        metric.update(logits, y)
+        self.log(f"{stage}/acc", metric, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test", self.test_acc)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = build_scheduler(
+            self.scheduler_factory, optimizer, int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,96 @@
+"""run(cfg): the one place that turns a composed config into objects and trains."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from initlab.init import apply_init
+from initlab.module import Classifier
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; raised before any training starts."""
+
+
+def instantiate_optional(node: Any) -> Any:
+    """``None`` for a disabled component (null, or ``_target_: null``), else the object."""
+    if node is None or (isinstance(node, DictConfig) and node.get("_target_", "") is None):
+        return None
+    return instantiate(node)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check the values that would otherwise fail late or obscurely."""
+    lr = cfg.optim.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ConfigError(f"optim.lr={lr!r} is invalid: it must be a number > 0")
+    for key in ("l1", "l2"):
+        value = cfg.get(key)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{key}={value!r} is invalid: it must be a number >= 0")
+
+
+def _metrics_to_floats(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def build(cfg: DictConfig):
+    """Instantiate data, model (initialised), LightningModule, callbacks, logger and trainer."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    output_dir = Path(cfg.output_dir)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    apply_init(model, **cfg.init, activation=cfg.model.activation)
+    optimizer = instantiate(cfg.optim)
+    try:  # fail now, not at the first step, on values torch rejects (momentum < 0, ...)
+        optimizer(model.parameters())
+    except ValueError as err:
+        raise ConfigError(f"optim: {err} (got {OmegaConf.to_container(cfg.optim)})") from err
+    module = Classifier(model, optimizer, instantiate_optional(cfg.scheduler), cfg.l1, cfg.l2)
+
+    callbacks = [instantiate(node) for node in cfg.callbacks.values() if node is not None]
+    logger = instantiate_optional(cfg.logger)
+    if logger is not None:
+        callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"))
+    if cfg.checkpoint is not None:
+        callbacks.append(instantiate(cfg.checkpoint))
+    if cfg.trainer.get("enable_progress_bar", True) and cfg.progress_bar is not None:
+        callbacks.append(instantiate(cfg.progress_bar))
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=logger if logger is not None else False,
+        enable_checkpointing=cfg.checkpoint is not None,
+        default_root_dir=str(output_dir),
+    )
+    return datamodule, module, trainer
+
+
+def run(cfg: DictConfig) -> float:
+    """Train and test one configuration; return the metric a sweep optimises (test accuracy,
+    or validation accuracy when ``test=false``)."""
+    datamodule, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = _metrics_to_floats(trainer.callback_metrics)
+    if cfg.test:
+        metrics.update(_metrics_to_floats(trainer.test(module, datamodule=datamodule, verbose=False)[0]))
+    if trainer.logger is not None:
+        params = OmegaConf.to_container(cfg, resolve=True)
+        for key in ("checkpoint", "progress_bar", "logger", "output_dir"):
+            params.pop(key, None)
+        trainer.logger.log_hyperparams(params, metrics={k: v for k, v in metrics.items()
+                                                        if k.startswith(("test/", "val/"))})
+        trainer.logger.finalize("success")
+    score = metrics.get("test/acc" if cfg.test else "val/acc", math.nan)
+    if trainer.is_global_zero:
+        print(f"test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
+              f"val accuracy: {metrics.get('val/acc', math.nan):.4f}")
+        print(f"inspect with: tensorboard --logdir {cfg.output_dir}")
+    return score
