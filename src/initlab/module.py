@@ -28,6 +28,9 @@ def build_scheduler(scheduler: Callable, optimizer: torch.optim.Optimizer, total
         extra["total_steps"] = total_steps
     if "T_max" in params:
         extra["T_max"] = total_steps
+    defaults = optimizer.defaults
+    if "cycle_momentum" in params and "momentum" not in defaults and "betas" not in defaults:
+        extra["cycle_momentum"] = False  # Adagrad has no momentum to cycle
     return scheduler(optimizer, **extra)
 
 

@@ -93,11 +93,13 @@ class MNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         train_samples: int | None = None,
         normalize: bool = True,
-        sources: list[str] = list(SOURCES),
+        sources: list[str] = None,
         verify: bool = True,
         augment: Callable | None = None,
         seed: int = 0,
     ):
+        if sources is None:
+            sources = list(SOURCES)
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size!r} is invalid: it must be an integer >= 1")

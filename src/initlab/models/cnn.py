@@ -29,7 +29,7 @@ class CNN(nn.Module):
         self.activation = activation
         size = image_size
         c_in = in_channels
-        for i, (c_out, k) in enumerate(zip(channels, kernel_sizes), start=1):
+        for i, (c_out, k) in enumerate(zip(channels, kernel_sizes, strict=False), start=1):
             self.add_module(f"conv{i}", nn.Conv2d(c_in, c_out, k, bias=not batchnorm))
             self.add_module(f"bn{i}", nn.BatchNorm2d(c_out) if batchnorm else nn.Identity())
             self.add_module(f"act{i}", make_activation(activation))

@@ -1,0 +1,128 @@
+"""The real configs composed with Hydra and trained for a few steps on tiny data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from tests.conftest import CONF, ROOT
+
+from initlab.train import build, run
+
+INITS = sorted(p.stem for p in (CONF / "init").glob("*.yaml"))
+OPTIMS = sorted(p.stem for p in (CONF / "optim").glob("*.yaml"))
+
+
+def fit_metrics(cfg) -> dict[str, float]:
+    datamodule, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def test_every_group_has_the_documented_options():
+    assert INITS == sorted(["default", "zeros", "uniform", "normal", "standard", "xavier",
+                            "xavier_normal", "lecun", "he", "orthogonal"])
+    assert set(OPTIMS) >= {"sgd", "momentum", "adagrad", "rmsprop", "adam"}
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("optim", OPTIMS)
+def test_every_init_and_optim_trains(make_cfg, init, optim):
+    metrics = fit_metrics(make_cfg(f"init={init}", f"optim={optim}"))
+    assert "train/loss" in metrics and "val/acc" in metrics
+
+
+@pytest.mark.parametrize("override", [
+    "model=mlp", "model.activation=tanh", "model.activation=sigmoid", "model.activation=softsign",
+    "model.activation=leaky_relu", "model.activation=elu", "model.dropout=0.5",
+    "model.batchnorm=true", "scheduler=none", "scheduler=cosine", "trainer=cpu",
+    "init.gain=auto", "init=xavier init.mode=fan_in",
+])
+def test_other_options_train(make_cfg, override):
+    assert "val/acc" in fit_metrics(make_cfg(*override.split()))
+
+
+def test_l1_l2_are_added_and_logged(make_cfg):
+    metrics = fit_metrics(make_cfg("l1=1e-4", "l2=1e-3"))
+    assert metrics["train/l1"] > 0 and metrics["train/l2"] > 0
+    assert metrics["train/loss"] == pytest.approx(
+        metrics["train/ce"] + metrics["train/l1"] + metrics["train/l2"], rel=1e-5)
+
+
+def test_same_seed_same_metrics(make_cfg):
+    first = fit_metrics(make_cfg("seed=3", "trainer.max_epochs=2"))
+    second = fit_metrics(make_cfg("seed=3", "trainer.max_epochs=2"))
+    other = fit_metrics(make_cfg("seed=4", "trainer.max_epochs=2"))
+    assert first == second
+    assert first["train/loss"] != other["train/loss"]
+
+
+def test_unknown_option_lists_the_choices(make_cfg):
+    with pytest.raises(MissingConfigException, match="Available options in 'init'"):
+        make_cfg("init=nope")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lr=-1", r"optim.lr=-1 is invalid: it must be a number > 0"),
+    ("optim=momentum optim.momentum=-0.5", r"optim: Invalid momentum value: -0.5"),
+    ("model.dropout=1.5", r"model.dropout=1.5 is invalid: it must be in \[0, 1\)"),
+    ("data.batch_size=0", r"data.batch_size=0 is invalid: it must be an integer >= 1"),
+    ("model.activation=swish", r"model.activation='swish' is not supported; allowed: \["),
+    ("l2=-0.1", r"l2=-0.1 is invalid"),
+    ("init.gain=huge", r"init.gain='huge' is invalid"),
+])
+def test_bad_values_fail_before_training(make_cfg, override, message):
+    with pytest.raises(Exception, match=message):  # Hydra wraps constructor errors
+        build(make_cfg(*override.split()))
+
+
+def test_unknown_key_is_refused(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="model.dropuot"):
+        make_cfg("model.dropuot=0.1")
+
+
+def test_run_returns_test_accuracy_and_writes_outputs(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.max_epochs=3", outputs=True)
+    accuracy = run(cfg)
+    assert 0.0 <= accuracy <= 1.0
+    out = tmp_path / "run"
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    assert len(list((out / "checkpoints").glob("best-*.ckpt"))) == 1
+    assert list(out.glob("events.out.tfevents.*"))
+
+
+def _run_script(*args: str, cwd=ROOT, env_extra=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_help_lists_groups_and_options():
+    out = _run_script("--help").stdout
+    for group, option in [("init", "xavier_normal"), ("optim", "rmsprop"), ("model", "mlp"),
+                          ("scheduler", "onecycle"), ("trainer", "gpu"), ("logger", "none"),
+                          ("data", "mnist"), ("callbacks", "none")]:
+        assert f"{group}:" in out and option in out, (group, option)
+
+
+def test_train_script_end_to_end(tiny_data, tmp_path):
+    out = tmp_path / "script_run"
+    proc = _run_script(f"hydra.run.dir={out}", f"data.data_dir={tiny_data}", "data.verify=false",
+                       "data.sources=[local]", "trainer.max_steps=10", "trainer.accelerator=cpu",
+                       "model.channels=[4,8]", "model.hidden=16", "init=xavier", "optim=adam")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test accuracy: " in proc.stdout
+    assert f"tensorboard --logdir {out}" in proc.stdout
+    assert (out / ".hydra" / "config.yaml").exists()
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    assert list(out.glob("events.out.tfevents.*"))
+
+
+def test_train_script_bad_value_exits_nonzero_with_message(tiny_data, tmp_path):
+    proc = _run_script(f"hydra.run.dir={tmp_path}", f"data.data_dir={tiny_data}",
+                       "data.sources=[local]", "optim.lr=-1")
+    assert proc.returncode != 0
+    assert "optim.lr=-1 is invalid" in proc.stderr
