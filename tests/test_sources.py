@@ -9,7 +9,6 @@ import zipfile
 
 import numpy as np
 import pytest
-from tests.conftest import TINY_FILES, write_tiny_mnist
 
 from initlab.data import DataError, ensure_mnist, read_idx
 from initlab.data.sources import (
@@ -20,6 +19,7 @@ from initlab.data.sources import (
     restricted_load,
     wheel_to_idx,
 )
+from tests.helpers import TINY_FILES, write_tiny_mnist
 
 
 def test_idx_roundtrip(tmp_path):

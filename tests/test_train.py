@@ -8,9 +8,9 @@ import sys
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from tests.conftest import CONF, ROOT
 
 from initlab.train import build, run
+from tests.helpers import CONF, ROOT
 
 INITS = sorted(p.stem for p in (CONF / "init").glob("*.yaml"))
 OPTIMS = sorted(p.stem for p in (CONF / "optim").glob("*.yaml"))

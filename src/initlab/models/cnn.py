@@ -43,6 +43,11 @@ class CNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, num_classes)
 
+    def hidden_layers(self) -> list[tuple[str, nn.Module, nn.Module]]:
+        """(name, weight layer, its activation) for each hidden layer, input to output."""
+        return [("conv1", self.conv1, self.act1), ("conv2", self.conv2, self.act2),
+                ("fc1", self.fc1, self.act3)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.act1(self.bn1(self.conv1(x))))
         x = self.pool(self.act2(self.bn2(self.conv2(x))))

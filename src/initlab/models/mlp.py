@@ -32,6 +32,11 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(n_in, num_classes)
 
+    def hidden_layers(self) -> list[tuple[str, nn.Module, nn.Module]]:
+        """(name, weight layer, its activation) for each hidden layer, input to output."""
+        return [(f"fc{i}", getattr(self, f"fc{i}"), getattr(self, f"act{i}"))
+                for i in range(1, self.depth + 1)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         for i in range(1, self.depth + 1):
