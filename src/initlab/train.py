@@ -8,10 +8,13 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from initlab.init import apply_init
 from initlab.module import Classifier
+from initlab.monitors.callbacks import add_layout
+from initlab.robustness import check_corruptions, evaluate_corrupted
 
 
 class ConfigError(ValueError):
@@ -34,18 +37,20 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"{key}={value!r} is invalid: it must be a number >= 0")
+    check_corruptions(cfg.get("robustness"))
 
 
 def _metrics_to_floats(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def build(cfg: DictConfig):
-    """Instantiate data, model (initialised), LightningModule, callbacks, logger and trainer."""
+def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
+    """Instantiate data (unless given one already set up), model (initialised),
+    LightningModule, callbacks, logger and trainer."""
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir = Path(cfg.output_dir)
-    datamodule = instantiate(cfg.data)
+    datamodule = datamodule if datamodule is not None else instantiate(cfg.data)
     model = instantiate(cfg.model)
     apply_init(model, **cfg.init, activation=cfg.model.activation)
     optimizer = instantiate(cfg.optim)
@@ -53,7 +58,8 @@ def build(cfg: DictConfig):
         optimizer(model.parameters())
     except ValueError as err:
         raise ConfigError(f"optim: {err} (got {OmegaConf.to_container(cfg.optim)})") from err
-    module = Classifier(model, optimizer, instantiate_optional(cfg.scheduler), cfg.l1, cfg.l2)
+    module = Classifier(model, optimizer, instantiate_optional(cfg.scheduler), cfg.l1, cfg.l2,
+                        compile=cfg.compile)
 
     callbacks = [instantiate(node) for node in cfg.callbacks.values() if node is not None]
     logger = instantiate_optional(cfg.logger)
@@ -77,16 +83,23 @@ def run(cfg: DictConfig) -> float:
     """Train and test one configuration; return the metric a sweep optimises (test accuracy,
     or validation accuracy when ``test=false``)."""
     datamodule, module, trainer = build(cfg)
+    if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
+        add_layout(trainer.logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = _metrics_to_floats(trainer.callback_metrics)
     if cfg.test:
         metrics.update(_metrics_to_floats(trainer.test(module, datamodule=datamodule, verbose=False)[0]))
+        if cfg.robustness and trainer.is_global_zero:
+            corrupted = evaluate_corrupted(module, datamodule, cfg.robustness, seed=cfg.seed)
+            for logger in trainer.loggers:
+                logger.log_metrics(corrupted, step=trainer.global_step)
+            metrics.update(corrupted)
     if trainer.logger is not None:
         params = OmegaConf.to_container(cfg, resolve=True)
         for key in ("checkpoint", "progress_bar", "logger", "output_dir"):
             params.pop(key, None)
         trainer.logger.log_hyperparams(params, metrics={k: v for k, v in metrics.items()
-                                                        if k.startswith(("test/", "val/"))})
+                                                        if k.startswith(("test", "val/"))})
         trainer.logger.finalize("success")
     score = metrics.get("test/acc" if cfg.test else "val/acc", math.nan)
     if trainer.is_global_zero:

@@ -118,6 +118,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.sources, self.verify = tuple(sources), verify
         self.augment, self.seed = augment, seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._examples_logged = False
 
     def prepare_data(self) -> None:
         ensure_mnist(self.data_dir, self.sources, MNIST_MD5 if self.verify else None)
@@ -157,7 +158,7 @@ class MNISTDataModule(L.LightningDataModule):
         return (x - MEAN) / STD if self.normalize else x
 
     def _train_transform(self, x: torch.Tensor) -> torch.Tensor:
-        return self.standardize(self.augment(x) if self.augment is not None else x)
+        return self.standardize(self.augment(x))
 
     def _device(self) -> torch.device:
         trainer = self.trainer
@@ -170,15 +171,35 @@ class MNISTDataModule(L.LightningDataModule):
         return Batches(
             x, y,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            transform=self._train_transform if train else self.standardize,
+            transform=self._train_transform if train and self.augmenting else self.standardize,
             shuffle=train, seed=self.seed,
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
             epoch=(lambda: trainer.current_epoch) if train and trainer is not None else (lambda: 0),
         )
 
+    @property
+    def augmenting(self) -> bool:
+        return self.augment is not None and not self.augment.is_identity
+
     def train_dataloader(self) -> Batches:
-        return self._batches("train", train=True)
+        batches = self._batches("train", train=True)
+        if self.augmenting and not self._examples_logged:
+            self._log_examples()
+            self._examples_logged = True
+        return batches
+
+    def _log_examples(self, n: int = 32) -> None:
+        """A grid of augmented training images in TensorBoard, before training starts."""
+        from torchvision.utils import make_grid
+
+        trainer = self.trainer
+        loggers = trainer.loggers if trainer is not None else []
+        x = self.splits["train"][0][:n].unsqueeze(1).float().div(255)
+        grid = make_grid(self.augment(x).cpu(), nrow=8, pad_value=0.5)
+        for logger in loggers:
+            if hasattr(logger.experiment, "add_image"):
+                logger.experiment.add_image("augment/examples", grid, 0)
 
     def val_dataloader(self) -> Batches:
         return self._batches("val", train=False)

@@ -33,6 +33,33 @@ TAGS = {
 HISTOGRAM_SAMPLE = 100_000  # values per histogram: enough for its shape, cheap to bin
 
 
+LAYOUT_CHARTS = {
+    "training": {
+        "accuracy: train vs validation": ["train/acc_epoch", "val/acc"],
+        "loss: train vs validation": ["train/loss_epoch", "val/loss"],
+        "test accuracy under corruption": ["test_corrupt/.*"],
+    },
+    "per layer": {
+        "activation mean": ["activation/.*/mean"], "activation std": ["activation/.*/std"],
+        "activation 98th percentile": ["activation/.*/p98"],
+        "saturated (dead for ReLU) fraction": ["activation/.*/saturated"],
+        "back-propagated gradient std dC/ds": ["backprop/.*/std"],
+        "weight gradient std": ["weight_grad/.*/std"],
+        "Jacobian mean singular value": ["jacobian/.*/mean_sv"],
+        "fan_in Var(W)": ["weights/.*/fan_in_var"], "fan_out Var(W)": ["weights/.*/fan_out_var"],
+        "update ratio log10": ["update_ratio/.*"], "weight gradient L2 norm": ["grad_norm/.*"],
+    },
+}
+
+
+def add_layout(logger: TensorBoardLogger) -> None:
+    """TensorBoard custom-scalars layout: one chart per statistic, all layers overlaid (the
+    paper's figures), and train vs validation on one chart (the generalisation gap)."""
+    logger.experiment.add_custom_scalars({
+        category: {title: ["Multiline", tags] for title, tags in charts.items()}
+        for category, charts in LAYOUT_CHARTS.items()})
+
+
 def log_scalars(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=step)
@@ -152,7 +179,6 @@ class ProbeMonitor(L.Callback):
             return
         x, y = trainer.datamodule.probe_batch(self.num_examples)
         self._batch = (x.to(pl_module.device), y.to(pl_module.device))
-        self._add_layout(trainer, pl_module)
         step = trainer.global_step
         result = self._measure(trainer, pl_module, step, jacobian=True,
                                histograms=self.histogram_every_n_steps is not None)
@@ -188,19 +214,3 @@ class ProbeMonitor(L.Callback):
         }
         path = Path(trainer.default_root_dir) / "init_stats.json"
         atomic_write(path, json.dumps(summary, indent=2).encode())
-
-    def _add_layout(self, trainer, pl_module) -> None:
-        charts = {
-            "activation mean": "activation/.*/mean", "activation std": "activation/.*/std",
-            "activation 98th percentile": "activation/.*/p98",
-            "saturated (dead for ReLU) fraction": "activation/.*/saturated",
-            "back-propagated gradient std dC/ds": "backprop/.*/std",
-            "weight gradient std": "weight_grad/.*/std",
-            "Jacobian mean singular value": "jacobian/.*/mean_sv",
-            "fan_in Var(W)": "weights/.*/fan_in_var", "fan_out Var(W)": "weights/.*/fan_out_var",
-            "update ratio log10": "update_ratio/.*", "weight gradient L2 norm": "grad_norm/.*",
-        }
-        layout = {"per layer": {title: ["Multiline", [regex]] for title, regex in charts.items()}}
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_custom_scalars(layout)

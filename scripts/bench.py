@@ -1,0 +1,321 @@
+"""Speed of initlab against hand-written PyTorch, measured as ratios in one process.
+
+    python scripts/bench.py                 # every case, a few minutes on 2 CPU cores
+    python scripts/bench.py --quick         # tiny sizes, one round: checks the script runs
+    python scripts/bench.py --cases framework monitors
+
+Variants of a case are interleaved over several rounds after a warm-up; each figure is the
+median, and a spread (max/min - 1) over 10% is flagged. Prints a table and writes bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from initlab import project_root
+from initlab.data.mnist import MEAN, STD
+from initlab.data.sources import atomic_write, idx_bytes
+from initlab.train import build
+
+ROOT = project_root()
+SPREAD_WARNING = 0.10
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def synthetic_mnist(root: Path, n_train: int, n_test: int) -> Path:
+    """Random IDX files of MNIST's shapes, read by the real parser (speed does not need digits)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            idx_bytes(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)))
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            idx_bytes(rng.integers(0, 10, n, dtype=np.uint8)))
+    return root
+
+
+def median_and_spread(samples: list[float]) -> tuple[float, float]:
+    return statistics.median(samples), max(samples) / min(samples) - 1
+
+
+def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run each variant once to warm up, then ``rounds`` times in turn; collect seconds."""
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    return times
+
+
+def raw_loop(model: torch.nn.Module, optimizer, scheduler, images, labels, batch_size: int,
+             steps: int, seed: int) -> float:
+    """The hand-written baseline: slice, scale, forward, backward, step. Returns seconds."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    model.train()
+    start = time.perf_counter()
+    for i in range(steps):
+        idx = order[i * batch_size: (i + 1) * batch_size]
+        x = (images[idx].unsqueeze(1).float().div_(255) - MEAN) / STD
+        loss = F.cross_entropy(model(x), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    return time.perf_counter() - start
+
+
+def initlab_fit(cfg, datamodule) -> tuple[float, object]:
+    _, module, trainer = build(cfg, datamodule=datamodule)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    return time.perf_counter() - start, (module, trainer)
+
+
+def training_overrides(data_dir: Path, steps: int, out: Path, quick: bool) -> list[str]:
+    return [f"data.data_dir={data_dir}", "data.verify=false", "data.sources=[local]",
+            f"trainer.max_steps={steps}", "trainer.max_epochs=1", "trainer.limit_val_batches=0",
+            "trainer.accelerator=cpu", "scheduler=none", "checkpoint=null",
+            f"output_dir={out}", "test=false",
+            *(["model.channels=[4,8]", "model.hidden=16"] if quick else [])]
+
+
+def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
+    """initlab (monitors off / default / glorot) vs a raw loop, same model, batches, optimizer."""
+    steps = 20 if args.quick else 430  # one epoch of 55k at batch 128
+    base = training_overrides(data_dir, steps, out, args.quick)
+    cfgs = {name: compose_cfg(*base, f"callbacks={cb}")
+            for name, cb in (("initlab", "none"), ("monitors_default", "default"),
+                             ("monitors_glorot", "glorot"))}
+    datamodule = instantiate(cfgs["initlab"].data)
+    datamodule.setup()
+    images, labels = (t.clone() for t in datamodule.splits["train"])
+
+    def raw() -> float:
+        cfg = cfgs["initlab"]
+        torch.manual_seed(cfg.seed)
+        model = instantiate(cfg.model)
+        optimizer = instantiate(cfg.optim)(model.parameters())
+        return raw_loop(model, optimizer, None, images, labels, cfg.data.batch_size, steps, cfg.seed)
+
+    variants = {"raw": raw}
+    variants.update({name: (lambda c=cfg: initlab_fit(c, datamodule)[0]) for name, cfg in cfgs.items()})
+    times = interleave(variants, args.rounds)
+    return summarize(times, baseline="raw", unit_steps=steps, pairs={
+        "framework": ("initlab", "raw"),
+        "monitors_default": ("monitors_default", "initlab"),
+        "monitors_glorot": ("monitors_glorot", "initlab"),
+    })
+
+
+def summarize(times: dict[str, list[float]], baseline: str, unit_steps: int, pairs: dict) -> dict:
+    result = {"seconds": {}, "ratios": {}, "spread": {}}
+    for name, samples in times.items():
+        med, spread = median_and_spread(samples)
+        result["seconds"][name] = med
+        result["spread"][name] = spread
+    for label, (num, den) in pairs.items():
+        result["ratios"][label] = result["seconds"][num] / result["seconds"][den]
+    result["steps"] = unit_steps
+    return result
+
+
+def case_data(args, data_dir: Path, out: Path) -> dict:
+    """Batches per second of the data module: plain, and with noise+skew augmentation against
+    the same transforms done per image with torchvision on PIL images."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from initlab.data.augment import Augment
+
+    n = 2_000 if args.quick else 20_000
+    cfg = compose_cfg(*training_overrides(data_dir, 1, out, args.quick))
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    images = datamodule.splits["train"][0][:n]
+    augment = Augment(noise_std=0.1, skew_degrees=15.0, seed=0)
+    batch_size = cfg.data.batch_size
+
+    def batched(transform) -> float:
+        start = time.perf_counter()
+        for i in range(0, n, batch_size):
+            x = images[i: i + batch_size].unsqueeze(1).float().div_(255)
+            transform(x)
+        return time.perf_counter() - start
+
+    per_image = v2.Compose([v2.RandomAffine(degrees=0, shear=(-15, 15, 0, 0)), v2.PILToTensor(),
+                            v2.ToDtype(torch.float32, scale=True)])
+    pil_images = [Image.fromarray(img.numpy()) for img in images[: n // 10]]
+
+    def pil() -> float:  # a tenth of the images: the per-image path is slow
+        start = time.perf_counter()
+        for img in pil_images:
+            x = per_image(img)
+            (x + 0.1 * torch.randn_like(x)).clamp_(0, 1)
+        return (time.perf_counter() - start) * 10
+
+    times = interleave({"plain": lambda: batched(lambda x: x), "augmented": lambda: batched(augment),
+                        "per_image_pil": pil}, args.rounds)
+    result = summarize(times, "per_image_pil", n, {
+        "augmented_vs_per_image": ("per_image_pil", "augmented")})
+    result["images_per_s"] = {k: n / v for k, v in result["seconds"].items()}
+    return result
+
+
+def case_speedrun(args, data_dir: Path, out: Path) -> dict:
+    """experiment=speedrun on real MNIST: training wall time and test accuracy per seed, against
+    a raw loop of the same recipe (model, Adam, one-cycle, batch 256, one epoch)."""
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    seeds = [0] if args.quick else list(range(args.seeds))
+    extra = ["trainer.max_steps=10", "model.channels=[4,8]", "model.hidden=16"] if args.quick else []
+    rows = []
+    datamodule = None
+    for seed in seeds:
+        cfg = compose_cfg("experiment=speedrun", f"seed={seed}", f"data.data_dir={data_dir}",
+                          "logger=none", "checkpoint=null", "trainer.accelerator=cpu",
+                          "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0",
+                          f"output_dir={out}", *extra)
+        if datamodule is None:
+            datamodule = instantiate(cfg.data)
+            datamodule.setup()
+        seconds, (module, trainer) = initlab_fit(cfg, datamodule)
+        acc = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
+
+        torch.manual_seed(seed)
+        model = instantiate(cfg.model)
+        from initlab.init import apply_init
+
+        apply_init(model, **cfg.init, activation=cfg.model.activation)
+        optimizer = instantiate(cfg.optim)(model.parameters())
+        images, labels = datamodule.splits["train"]
+        bs = cfg.data.batch_size
+        steps = len(labels) // bs + (len(labels) % bs > 0)
+        steps = min(steps, cfg.trainer.max_steps) if cfg.trainer.max_steps > 0 else steps
+        scheduler = OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=steps,
+                               pct_start=cfg.scheduler.pct_start)
+        raw_seconds = raw_loop(model, optimizer, scheduler, images, labels, bs, steps, seed)
+        model.eval()
+        test_x, test_y = datamodule.splits["test"]
+        with torch.no_grad():
+            raw_acc = float((model(datamodule.standardize(test_x.unsqueeze(1).float() / 255))
+                             .argmax(1) == test_y).float().mean())
+        rows.append({"seed": seed, "initlab_s": seconds, "initlab_acc": acc,
+                     "raw_s": raw_seconds, "raw_acc": raw_acc})
+    return {
+        "runs": rows,
+        "mean_acc": statistics.mean(r["initlab_acc"] for r in rows),
+        "raw_mean_acc": statistics.mean(r["raw_acc"] for r in rows),
+        "ratios": {"speedrun_time": statistics.median(r["initlab_s"] for r in rows)
+                   / statistics.median(r["raw_s"] for r in rows)},
+    }
+
+
+def case_startup(args, data_dir: Path, out: Path) -> dict:
+    """Seconds from process start to the end of one training step (an upper bound of the time
+    to the first step), for ``python scripts/train.py``."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), f"data.data_dir={data_dir}",
+           "data.verify=false", "data.sources=[local]", "trainer.max_steps=1", "test=false",
+           "logger=none", "checkpoint=null", "callbacks=none", "trainer.limit_val_batches=0",
+           "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+           f"hydra.run.dir={out / 'startup'}"]
+    samples = []
+    for _ in range(1 if args.quick else 3):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        samples.append(time.perf_counter() - start)
+    med, spread = median_and_spread(samples)
+    return {"seconds": {"startup": med}, "spread": {"startup": spread}}
+
+
+def case_compile(args, data_dir: Path, out: Path) -> dict:
+    """torch.compile (opt-in ``compile=true``) against eager, after the compile warm-up."""
+    steps = 20 if args.quick else 200
+    base = training_overrides(data_dir, steps, out, args.quick) + ["callbacks=none"]
+    eager, compiled = compose_cfg(*base), compose_cfg(*base, "compile=true")
+    datamodule = instantiate(eager.data)
+    datamodule.setup()
+    times = interleave({"eager": lambda: initlab_fit(eager, datamodule)[0],
+                        "compiled": lambda: initlab_fit(compiled, datamodule)[0]}, args.rounds)
+    return summarize(times, "eager", steps, {"compile": ("compiled", "eager")})
+
+
+CASES = {"framework": case_framework_and_monitors, "data": case_data,
+         "speedrun": case_speedrun, "startup": case_startup, "compile": case_compile}
+DEFAULT_CASES = ["framework", "data", "speedrun", "startup"]
+TARGETS = {"framework": ("<=", 1.05), "monitors_default": ("<=", 1.05),
+           "augmented_vs_per_image": (">=", 20.0), "speedrun_time": ("<=", 1.2)}
+
+
+def print_table(results: dict) -> None:
+    print(f"\n{'case':<26}{'figure':>14}  target   spread")
+    for case, result in results.items():
+        for name, ratio in result.get("ratios", {}).items():
+            op, goal = TARGETS.get(name, ("", None))
+            ok = "" if goal is None else ("ok" if (ratio <= goal if op == "<=" else ratio >= goal)
+                                         else "MISSED")
+            print(f"{name:<26}{ratio:>13.3f}x  {op}{goal or '':<6} {ok}")
+        for name, secs in result.get("seconds", {}).items():
+            spread = result.get("spread", {}).get(name, 0.0)
+            flag = "  (noisy)" if spread > SPREAD_WARNING else ""
+            print(f"  {case}/{name:<20}{secs:>11.3f} s  spread {spread:.0%}{flag}")
+        for name, rate in result.get("images_per_s", {}).items():
+            print(f"  {case}/{name:<20}{rate:>11.0f} images/s")
+        if "mean_acc" in result:
+            print(f"  speedrun mean test accuracy: initlab {result['mean_acc']:.4f}, "
+                  f"raw loop {result['raw_mean_acc']:.4f} over {len(result['runs'])} seeds")
+            for r in result["runs"]:
+                print(f"    seed {r['seed']}: initlab {r['initlab_s']:.2f} s {r['initlab_acc']:.4f}"
+                      f" | raw {r['raw_s']:.2f} s {r['raw_acc']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round")
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=DEFAULT_CASES)
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case (3)")
+    parser.add_argument("--seeds", type=int, default=5, help="speedrun seeds")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        synthetic = synthetic_mnist(tmp / "data", 6_000 if args.quick else 60_000, 1_000)
+        for case in args.cases:
+            data_dir = synthetic
+            if case == "speedrun":
+                data_dir = tmp / "data" if args.quick else ROOT / "data"
+            print(f"[bench] {case} ...", flush=True)
+            results[case] = CASES[case](args, data_dir, tmp / "out")
+    results["machine"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "cuda": torch.cuda.is_available(), "quick": args.quick}
+    print_table({k: v for k, v in results.items() if k != "machine"})
+    atomic_write(args.out, json.dumps(results, indent=2).encode())
+    print(f"\nwrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

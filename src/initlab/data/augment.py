@@ -1,0 +1,90 @@
+"""Augmentation of whole batches on the batch's device: Gaussian noise and one random affine
+transform per image (skew/shear, rotation, translation, scale) through ``grid_sample``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class Augment:
+    """Per-image random parameters drawn from a seeded generator, so a run is reproducible.
+
+    - ``skew_degrees``: horizontal shear by an angle in [-d, d] (a tilted digit);
+    - ``rotate_degrees``: rotation by an angle in [-d, d];
+    - ``translate``: shift by up to this fraction of the image size in x and y;
+    - ``scale``: zoom by a factor in [1 - s, 1 + s];
+    - ``noise_std``: Gaussian noise of this std added after the affine transform.
+
+    Input and output are (B, C, H, W) floats in [0, 1]: the affine transform fills with 0
+    (background) and bilinear interpolation stays in range; noise is clipped back to [0, 1].
+    """
+
+    def __init__(self, noise_std: float = 0.0, skew_degrees: float = 0.0,
+                 rotate_degrees: float = 0.0, translate: float = 0.0, scale: float = 0.0,
+                 seed: int = 0):
+        for name, value in (("noise_std", noise_std), ("skew_degrees", skew_degrees),
+                            ("rotate_degrees", rotate_degrees), ("translate", translate),
+                            ("scale", scale)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"augment.{name}={value!r} is invalid: it must be a number >= 0")
+        if skew_degrees >= 90 or scale >= 1:
+            raise ValueError(
+                f"augment.skew_degrees={skew_degrees} must be < 90 and augment.scale={scale} < 1")
+        self.noise_std, self.skew_degrees = float(noise_std), float(skew_degrees)
+        self.rotate_degrees, self.translate, self.scale = (float(rotate_degrees),
+                                                           float(translate), float(scale))
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return not (self.noise_std or self.skew_degrees or self.rotate_degrees
+                    or self.translate or self.scale)
+
+    @property
+    def has_affine(self) -> bool:
+        return bool(self.skew_degrees or self.rotate_degrees or self.translate or self.scale)
+
+    def _gen(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def _uniform(self, n: int, bound: float, device, gen) -> torch.Tensor:
+        return (torch.rand(n, device=device, generator=gen) * 2 - 1) * bound
+
+    def affine_matrices(self, n: int, device, gen) -> torch.Tensor:
+        """(n, 2, 3) matrices mapping output to input coordinates (affine_grid's convention)."""
+        shear = torch.tan(self._uniform(n, math.radians(self.skew_degrees), device, gen))
+        angle = self._uniform(n, math.radians(self.rotate_degrees), device, gen)
+        zoom = 1 + self._uniform(n, self.scale, device, gen)
+        shift = self._uniform(2 * n, 2 * self.translate, device, gen).view(n, 2)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # rotation @ shear, divided by the zoom (sampling coordinates shrink when zooming in)
+        theta = torch.stack([
+            torch.stack([cos, cos * shear - sin, shift[:, 0]], dim=1),
+            torch.stack([sin, sin * shear + cos, shift[:, 1]], dim=1),
+        ], dim=1)
+        theta[:, :, :2] /= zoom.view(n, 1, 1)
+        return theta
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_identity:
+            return x
+        gen = self._gen(x.device)
+        if self.has_affine:
+            theta = self.affine_matrices(len(x), x.device, gen).to(x.dtype)
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.noise_std:
+            noise = torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype)
+            x = (x + self.noise_std * noise).clamp_(0.0, 1.0)
+        return x
+
+    def __repr__(self) -> str:
+        return (f"Augment(noise_std={self.noise_std}, skew_degrees={self.skew_degrees}, "
+                f"rotate_degrees={self.rotate_degrees}, translate={self.translate}, "
+                f"scale={self.scale}, seed={self.seed})")

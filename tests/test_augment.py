@@ -1,0 +1,106 @@
+"""Batch augmentation: ranges, per-image randomness, reproducibility, identities, splits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from initlab.data import MNISTDataModule
+from initlab.data.augment import Augment
+from initlab.robustness import evaluate_corrupted
+
+
+def digits(n=64) -> torch.Tensor:
+    x = torch.zeros(n, 1, 28, 28)
+    x[:, :, 4:24, 12:16] = 1.0  # a vertical bar: skew tilts it
+    return x
+
+
+@pytest.mark.parametrize("kwargs", [{"noise_std": 0.3}, {"skew_degrees": 30},
+                                    {"noise_std": 0.2, "skew_degrees": 20, "rotate_degrees": 10,
+                                     "translate": 0.1, "scale": 0.1}])
+def test_shape_dtype_and_range_are_kept(kwargs):
+    out = Augment(**kwargs)(digits())
+    assert out.shape == (64, 1, 28, 28) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_parameters_differ_per_image():
+    out = Augment(skew_degrees=30)(digits(8))
+    assert all(not torch.allclose(out[0], out[i]) for i in range(1, 8))
+    noisy = Augment(noise_std=0.1)(digits(8))
+    assert not torch.allclose(noisy[0], noisy[1])
+
+
+def test_same_seed_same_batch_other_seed_other_batch():
+    a = Augment(noise_std=0.2, skew_degrees=20, seed=5)
+    b = Augment(noise_std=0.2, skew_degrees=20, seed=5)
+    c = Augment(noise_std=0.2, skew_degrees=20, seed=6)
+    x = digits()
+    first_a, first_b = a(x), b(x)
+    assert torch.equal(first_a, first_b)
+    assert not torch.equal(first_a, c(x))
+    assert not torch.equal(first_a, a(x))  # the stream moves on between batches
+
+
+def test_zero_skew_and_zero_noise_are_identities():
+    x = torch.rand(16, 1, 28, 28)
+    assert torch.equal(Augment(skew_degrees=0.0)(x), x)
+    assert torch.equal(Augment(noise_std=0.0)(x), x)
+
+
+def test_affine_with_tiny_angle_is_close_to_identity():
+    x = digits(4)
+    out = Augment(skew_degrees=1e-4)(x)
+    assert torch.allclose(out, x, atol=1e-3)
+
+
+def test_skew_tilts_a_vertical_bar():
+    x = digits(256)
+    out = Augment(skew_degrees=30, seed=1)(x)
+    top, bottom = out[:, 0, 6, :], out[:, 0, 21, :]
+    cols = torch.arange(28.0)
+    centre = lambda row: (row * cols).sum(1) / row.sum(1).clamp_min(1e-6)  # noqa: E731
+    shift = (centre(top) - centre(bottom)).abs()
+    assert shift.max() > 3 and shift.min() < shift.max()  # tilted, by different angles
+
+
+@pytest.mark.parametrize("kwargs,message", [({"noise_std": -1}, "augment.noise_std=-1"),
+                                            ({"skew_degrees": 95}, "skew_degrees=95 must be < 90")])
+def test_bad_values_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Augment(**kwargs)
+
+
+def test_only_the_training_split_is_augmented(tiny_data):
+    plain = MNISTDataModule(data_dir=str(tiny_data), verify=False, sources=["local"],
+                            normalize=False)
+    augmented = MNISTDataModule(data_dir=str(tiny_data), verify=False, sources=["local"],
+                                normalize=False, augment=Augment(noise_std=0.3, skew_degrees=20))
+    for dm in (plain, augmented):
+        dm.setup()
+    for split in ("val_dataloader", "test_dataloader"):
+        for (xa, ya), (xb, yb) in zip(getattr(plain, split)(), getattr(augmented, split)()):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    xa, _ = next(iter(plain.train_dataloader()))
+    xb, _ = next(iter(augmented.train_dataloader()))
+    assert not torch.equal(xa, xb)
+    assert torch.equal(plain.probe_batch(10)[0], augmented.probe_batch(10)[0])
+
+
+def test_corrupted_evaluation_degrades_with_the_level(tiny_data):
+    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, sources=["local"])
+    dm.setup()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(3):
+        for x, y in dm.train_dataloader():
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    acc = evaluate_corrupted(model, dm, {"noise": [0.0, 1.0], "skew": [45]})
+    assert set(acc) == {"test_corrupt/noise_0/acc", "test_corrupt/noise_1/acc",
+                        "test_corrupt/skew_45/acc"}
+    assert acc["test_corrupt/noise_0/acc"] > 0.9
+    assert acc["test_corrupt/noise_1/acc"] < acc["test_corrupt/noise_0/acc"]
