@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from initlab.data.sources import atomic_write
 from initlab.init import apply_init
 from initlab.module import Classifier
 from initlab.monitors.callbacks import add_layout
 from initlab.robustness import check_corruptions, evaluate_corrupted
+from initlab.status import RunStatus
 
 
 class ConfigError(ValueError):
@@ -61,7 +65,8 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
     module = Classifier(model, optimizer, instantiate_optional(cfg.scheduler), cfg.l1, cfg.l2,
                         compile=cfg.compile)
 
-    callbacks = [instantiate(node) for node in cfg.callbacks.values() if node is not None]
+    callbacks = [RunStatus(**cfg.status)]
+    callbacks += [instantiate(node) for node in cfg.callbacks.values() if node is not None]
     logger = instantiate_optional(cfg.logger)
     if logger is not None:
         callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"))
@@ -80,14 +85,16 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
 
 
 def run(cfg: DictConfig) -> float:
-    """Train and test one configuration; return the metric a sweep optimises (test accuracy,
-    or validation accuracy when ``test=false``)."""
+    """Train and test one configuration; write ``result.json``; return the metric a sweep
+    optimises (test accuracy, or validation accuracy when ``test=false``; NaN if diverged)."""
+    start = time.perf_counter()
     datamodule, module, trainer = build(cfg)
+    status = next(c for c in trainer.callbacks if isinstance(c, RunStatus))
     if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
         add_layout(trainer.logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = _metrics_to_floats(trainer.callback_metrics)
-    if cfg.test:
+    if cfg.test and status.status != "diverged":
         metrics.update(_metrics_to_floats(trainer.test(module, datamodule=datamodule, verbose=False)[0]))
         if cfg.robustness and trainer.is_global_zero:
             corrupted = evaluate_corrupted(module, datamodule, cfg.robustness, seed=cfg.seed)
@@ -101,9 +108,17 @@ def run(cfg: DictConfig) -> float:
         trainer.logger.log_hyperparams(params, metrics={k: v for k, v in metrics.items()
                                                         if k.startswith(("test", "val/"))})
         trainer.logger.finalize("success")
-    score = metrics.get("test/acc" if cfg.test else "val/acc", math.nan)
+    key = "test/acc" if cfg.test else "val/acc"
+    score = math.nan if status.status == "diverged" else metrics.get(key, math.nan)
     if trainer.is_global_zero:
-        print(f"test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
+        result = {**status.summary(), "metric": key,
+                  "score": score if math.isfinite(score) else None,
+                  "steps": trainer.global_step, "epochs": trainer.current_epoch,
+                  "wall_time_s": time.perf_counter() - start,
+                  "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)}}
+        atomic_write(Path(cfg.output_dir) / "result.json",
+                     json.dumps(result, indent=2, allow_nan=False, default=str).encode())
+        print(f"status: {status.status}   test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
               f"val accuracy: {metrics.get('val/acc', math.nan):.4f}")
         print(f"inspect with: tensorboard --logdir {cfg.output_dir}")
     return score

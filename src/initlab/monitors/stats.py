@@ -140,7 +140,10 @@ def jacobian_mean_sv(model: nn.Module, x: torch.Tensor, record: dict,
                 s_ = s.clone().requires_grad_()
                 slope = torch.autograd.grad(act(s_).sum(), s_)[0]
             jac = slope.unsqueeze(-1) * layer.weight.detach()
-            out[name] = torch.linalg.svdvals(jac).mean()
+            try:
+                out[name] = torch.linalg.svdvals(jac).mean()
+            except RuntimeError:  # non-finite weights of a diverging run: SVD cannot converge
+                out[name] = torch.tensor(float("nan"), device=jac.device)
         else:
             out[name] = _rms_sv(model, x, hidden, k)
         previous = entry["act"]
