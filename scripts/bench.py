@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def initlab_fit(cfg, datamodule) -> tuple[float, object]:
 def training_overrides(data_dir: Path, steps: int, out: Path, quick: bool) -> list[str]:
     return [f"data.data_dir={data_dir}", "data.verify=false", "data.sources=[local]",
             f"trainer.max_steps={steps}", "trainer.max_epochs=1", "trainer.limit_val_batches=0",
+            "trainer.enable_progress_bar=false",
             "trainer.accelerator=cpu", "scheduler=none", "checkpoint=null",
             f"output_dir={out}", "test=false",
             *(["model.channels=[4,8]", "model.hidden=16"] if quick else [])]
@@ -189,7 +191,8 @@ def case_speedrun(args, data_dir: Path, out: Path) -> dict:
     from torch.optim.lr_scheduler import OneCycleLR
 
     seeds = [0] if args.quick else list(range(args.seeds))
-    extra = ["trainer.max_steps=10", "model.channels=[4,8]", "model.hidden=16"] if args.quick else []
+    extra = ["trainer.max_steps=10", "model.channels=[4,8]", "model.hidden=16",
+             "data.verify=false", "data.sources=[local]"] if args.quick else []
     rows = []
     datamodule = None
     for seed in seeds:
@@ -299,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -104,3 +104,18 @@ def test_corrupted_evaluation_degrades_with_the_level(tiny_data):
                         "test_corrupt/skew_45/acc"}
     assert acc["test_corrupt/noise_0/acc"] > 0.9
     assert acc["test_corrupt/noise_1/acc"] < acc["test_corrupt/noise_0/acc"]
+
+
+def test_grid_is_exactly_affine_grid():
+    augment = Augment(skew_degrees=30, rotate_degrees=20, translate=0.1, scale=0.2)
+    theta = augment.affine_matrices(16, torch.device("cpu"), torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.affine_grid(theta, [16, 1, 28, 20], align_corners=False)
+    assert torch.allclose(augment._grid(theta, 28, 20), expected, atol=1e-6)
+
+
+def test_noise_has_the_requested_std_and_differs_per_image():
+    x = torch.full((64, 1, 28, 28), 0.5)
+    out = Augment(noise_std=0.1, seed=3)(x) - 0.5
+    assert float(out.std()) == pytest.approx(0.1, rel=0.05)
+    assert float(out.mean()) == pytest.approx(0.0, abs=0.005)
+    assert not torch.allclose(out[0], out[1])

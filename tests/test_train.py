@@ -48,7 +48,7 @@ def test_other_options_train(make_cfg, override):
 def test_l1_l2_are_added_and_logged(make_cfg):
     metrics = fit_metrics(make_cfg("l1=1e-4", "l2=1e-3"))
     assert metrics["train/l1"] > 0 and metrics["train/l2"] > 0
-    assert metrics["train/loss_step"] == pytest.approx(
+    assert metrics["train/loss"] == pytest.approx(
         metrics["train/ce"] + metrics["train/l1"] + metrics["train/l2"], rel=1e-5)
 
 

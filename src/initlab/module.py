@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 
@@ -47,6 +48,8 @@ class Classifier(L.LightningModule):
         self.net = torch.compile(model.forward) if compile else model.__call__
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.l1, self.l2 = l1, l2
+        self.train_acc = MeanMetric(nan_strategy="disable")
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
@@ -56,19 +59,29 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
-        self.log("train/ce", loss, prog_bar=True)
+        loss = ce = F.cross_entropy(logits, y)
+        step_metrics = {}
         if self.l1:
             l1 = self.l1 * sum(w.abs().sum() for w in penalized_weights(self.model))
-            self.log("train/l1", l1)
+            step_metrics["train/l1"] = l1
             loss = loss + l1
         if self.l2:
             l2 = self.l2 * sum(w.pow(2).sum() for w in penalized_weights(self.model))
-            self.log("train/l2", l2)
+            step_metrics["train/l2"] = l2
             loss = loss + l2
-        self.log("train/loss", loss, on_epoch=True)
-        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True)
+        correct = (logits.detach().argmax(1) == y).float()
+        # Epoch means accumulate on the device; step values reach Lightning only on its
+        # logging steps, since each self.log call costs more than a small model's step.
+        self.train_acc.update(correct)
+        self.train_loss.update(loss.detach().expand(len(y)))
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/ce", ce, prog_bar=True)
+            self.log_dict({**step_metrics, "train/loss": loss, "train/acc": correct.mean()})
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/acc_epoch", self.train_acc)
+        self.log("train/loss_epoch", self.train_loss)
 
     def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy):
         x, y = batch

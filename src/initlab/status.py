@@ -29,8 +29,11 @@ class RunStatus(L.Callback):
         self._first_blowup: torch.Tensor | None = None  # per layer, step of first blow-up or -1
         self._loss_ok: torch.Tensor | None = None
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._layers = weight_layers(pl_module.model)
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        layers = weight_layers(pl_module.model)
+        layers = self._layers
         grads = [m.weight.grad for m in layers.values()]
         if any(g is None for g in grads):
             return

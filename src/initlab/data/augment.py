@@ -20,7 +20,14 @@ class Augment:
 
     Input and output are (B, C, H, W) floats in [0, 1]: the affine transform fills with 0
     (background) and bilinear interpolation stays in range; noise is clipped back to [0, 1].
+
+    Speed: drawing fresh normals costs more than the whole affine transform, so the noise of a
+    batch is a window, at a random offset, of a bank of ``NOISE_BANK`` N(0, 1) draws made once
+    from the seeded generator: every image gets its own stretch of the bank, every batch a new
+    offset.
     """
+
+    NOISE_BANK = 1 << 22
 
     def __init__(self, noise_std: float = 0.0, skew_degrees: float = 0.0,
                  rotate_degrees: float = 0.0, translate: float = 0.0, scale: float = 0.0,
@@ -38,6 +45,8 @@ class Augment:
                                                            float(translate), float(scale))
         self.seed = seed
         self._generator: torch.Generator | None = None
+        self._bank: torch.Tensor | None = None
+        self._grids: dict = {}
 
     @property
     def is_identity(self) -> bool:
@@ -51,7 +60,31 @@ class Augment:
     def _gen(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
+            self._offsets = torch.Generator().manual_seed(self.seed)
+            self._bank = None
         return self._generator
+
+    def _noise(self, shape, dtype, device, gen) -> torch.Tensor:
+        numel = math.prod(shape)
+        if self._bank is None or numel > self._bank.numel():
+            self._bank = torch.randn(max(self.NOISE_BANK, 2 * numel), device=device,
+                                     generator=gen, dtype=dtype)
+        # the offset comes from a CPU generator: reading it never waits for the GPU
+        start = int(torch.randint(0, self._bank.numel() - numel + 1, (1,),
+                                  generator=self._offsets))
+        return self._bank[start: start + numel].view(shape)
+
+    def _grid(self, theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """affine_grid(theta, align_corners=False), written out: 2.5x faster on CPU."""
+        key = (height, width, theta.device, theta.dtype)
+        if key not in self._grids:
+            ys = (torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1
+            xs = (torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1
+            self._grids[key] = torch.meshgrid(ys, xs, indexing="ij")
+        y, x = self._grids[key]
+        t = theta.view(-1, 6, 1, 1)
+        return torch.stack([t[:, 0] * x + t[:, 1] * y + t[:, 2],
+                            t[:, 3] * x + t[:, 4] * y + t[:, 5]], dim=-1)
 
     def _uniform(self, n: int, bound: float, device, gen) -> torch.Tensor:
         return (torch.rand(n, device=device, generator=gen) * 2 - 1) * bound
@@ -77,11 +110,11 @@ class Augment:
         gen = self._gen(x.device)
         if self.has_affine:
             theta = self.affine_matrices(len(x), x.device, gen).to(x.dtype)
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            grid = self._grid(theta, x.shape[-2], x.shape[-1])
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if self.noise_std:
-            noise = torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype)
-            x = (x + self.noise_std * noise).clamp_(0.0, 1.0)
+            noise = self._noise(x.shape, x.dtype, x.device, gen)
+            x = torch.add(x, noise, alpha=self.noise_std).clamp_(0.0, 1.0)
         return x
 
     def __repr__(self) -> str:

@@ -80,10 +80,13 @@ class GradNormMonitor(L.Callback):
         self._sum: torch.Tensor | None = None
         self._count = 0
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._layers = weight_layers(pl_module.model)
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step
         if _due(step, self.every_n_steps):
-            layers = weight_layers(pl_module.model)
+            layers = self._layers
             grads = [m.weight.grad for m in layers.values()]
             if any(g is None for g in grads):
                 return
@@ -92,7 +95,7 @@ class GradNormMonitor(L.Callback):
             self._sum = norms if self._sum is None else self._sum + norms
             self._count += 1
         if self._sum is not None and _due(step, trainer.log_every_n_steps):
-            names = [*weight_layers(pl_module.model), "total"]
+            names = [*self._layers, "total"]
             values = (self._sum / self._count).tolist()
             log_scalars(trainer, {f"grad_norm/{n}": v for n, v in zip(names, values)}, step)
             self._sum, self._count = None, 0

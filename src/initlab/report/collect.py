@@ -1,0 +1,113 @@
+"""Read the runs of a sweep: Hydra's saved config, result.json, init_stats.json, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# Glorot & Bengio Table 1, MNIST test error (%), 5 hidden layers; key: (activation, init scheme)
+PAPER_MNIST = {
+    ("softsign", "standard"): ("Softsign", 1.64),
+    ("softsign", "xavier"): ("Softsign N", 1.72),
+    ("tanh", "standard"): ("Tanh", 1.76),
+    ("tanh", "xavier"): ("Tanh N", 1.64),
+    ("sigmoid", "standard"): ("Sigmoid", 2.21),
+}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    overrides: list[str]
+    result: dict | None  # None while the run is still going (or it crashed)
+    init_stats: dict | None
+    label: str = ""  # the overrides that vary across the sweep, seed excluded
+
+    @property
+    def status(self) -> str:
+        return self.result["status"] if self.result else "running"
+
+    @property
+    def seed(self):
+        return self.config.get("seed")
+
+    @property
+    def activation(self) -> str:
+        return self.config.get("model", {}).get("activation", "?")
+
+    @property
+    def init(self) -> str:
+        return self.config.get("init", {}).get("scheme", "?")
+
+    @property
+    def paper_row(self) -> tuple[str, float] | None:
+        model = self.config.get("model", {})
+        if not str(model.get("_target_", "")).endswith("MLP") or model.get("depth") != 5:
+            return None
+        return PAPER_MNIST.get((self.activation, self.init))
+
+    @cached_property
+    def events(self) -> EventAccumulator:
+        acc = EventAccumulator(str(self.path), size_guidance={"scalars": 0, "histograms": 0})
+        acc.Reload()
+        return acc
+
+    def scalars(self, tag: str) -> list[tuple[int, float]]:
+        if tag not in self.events.Tags().get("scalars", []):
+            return []
+        return [(e.step, e.value) for e in self.events.Scalars(tag)]
+
+    def scalar_tags(self, prefix: str) -> list[str]:
+        return sorted(t for t in self.events.Tags().get("scalars", []) if t.startswith(prefix))
+
+    def histogram(self, tag: str, step: int = 0):
+        if tag not in self.events.Tags().get("histograms", []):
+            return None
+        for event in self.events.Histograms(tag):
+            if event.step == step:
+                return event.histogram_value
+        return None
+
+
+def _load_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def collect_runs(root: str | Path) -> list[Run]:
+    """Every run under ``root`` (a folder with ``.hydra/config.yaml``), ``root`` itself included."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    runs = []
+    for config_path in sorted(root.glob("**/.hydra/config.yaml")):
+        run_dir = config_path.parent.parent
+        overrides_path = run_dir / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.to_container(OmegaConf.load(overrides_path)) \
+            if overrides_path.exists() else []
+        config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+        runs.append(Run(run_dir, config, [str(o) for o in overrides],
+                        _load_json(run_dir / "result.json"), _load_json(run_dir / "init_stats.json")))
+    if not runs:
+        raise FileNotFoundError(f"no runs under {root}: expected folders with .hydra/config.yaml")
+    _set_labels(runs)
+    return runs
+
+
+def _set_labels(runs: list[Run]) -> None:
+    """Label each run by the overrides that differ between runs, so runs that differ only by
+    seed share a label and settings common to the whole sweep do not clutter the tables."""
+    def own(run: Run) -> set[str]:
+        return {o for o in run.overrides if not o.startswith(("seed=", "hydra.", "output_dir="))}
+
+    common = set.intersection(*(own(r) for r in runs))
+    for run in runs:
+        run.label = " ".join(sorted(own(run) - common)) or "(all runs)"

@@ -1,0 +1,224 @@
+"""report.md and figures from collected runs."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from initlab.data.sources import atomic_write  # noqa: E402
+from initlab.report.collect import Run  # noqa: E402
+
+AT_INIT_KEYS = (("activation_std", "activation std"), ("backprop_std", "backprop std"),
+                ("jacobian_mean_sv", "Jacobian mean sv"))
+
+
+def _fmt(value, digits=4) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.{digits}g}"
+
+
+def error_table(runs: list[Run]) -> list[dict]:
+    """Test error (%) per configuration: mean, std and n over finished ok/stalled seeds."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.label].append(run)
+    rows = []
+    for label, members in sorted(groups.items()):
+        errors = [100 * (1 - r.result["metrics"]["test/acc"]) for r in members
+                  if r.result and "test/acc" in r.result.get("metrics", {})
+                  and r.status != "diverged"]
+        counts = defaultdict(int)
+        for r in members:
+            counts[r.status] += 1
+        paper = members[0].paper_row
+        rows.append({
+            "label": label, "n": len(errors),
+            "mean": statistics.mean(errors) if errors else None,
+            "std": statistics.stdev(errors) if len(errors) > 1 else (0.0 if errors else None),
+            "counts": dict(counts), "paper": paper, "runs": members,
+        })
+    return rows
+
+
+def _table1_markdown(rows: list[dict]) -> list[str]:
+    lines = ["| configuration | test error % (mean ± std) | n | status | paper (Table 1, MNIST) |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        err = "-" if row["mean"] is None else f"{row['mean']:.2f} ± {row['std']:.2f}"
+        status = ", ".join(f"{k}: {v}" for k, v in sorted(row["counts"].items()))
+        flag = " **(some runs diverged)**" if row["counts"].get("diverged") else ""
+        flag += " **(some runs stalled)**" if row["counts"].get("stalled") else ""
+        flag += " *(partial: runs still going)*" if row["counts"].get("running") else ""
+        paper = f"{row['paper'][0]}: {row['paper'][1]:.2f}" if row["paper"] else "-"
+        lines.append(f"| {row['label']} | {err}{flag} | {row['n']} | {status} | {paper} |")
+    return lines
+
+
+def _at_init_markdown(runs: list[Run]) -> list[str]:
+    """Per layer at step 0, one column block per configuration (first seed of each)."""
+    firsts: dict[str, Run] = {}
+    for run in runs:
+        if run.init_stats and run.label not in firsts:
+            firsts[run.label] = run
+    if not firsts:
+        return ["No run wrote init_stats.json (enable the monitors: callbacks=default or glorot)."]
+    # standard next to normalized: order by activation, then init scheme
+    ordered = sorted(firsts.values(), key=lambda r: (r.activation, r.init != "standard", r.init))
+    lines = []
+    for key, title in AT_INIT_KEYS:
+        layers = []
+        for run in ordered:
+            for name in run.init_stats["layers"]:
+                if key in run.init_stats["layers"][name] and name not in layers:
+                    layers.append(name)
+        lines += [f"**{title} at initialization**", "",
+                  "| layer | " + " | ".join(f"{r.activation} / {r.init}" for r in ordered) + " |",
+                  "|---" * (len(ordered) + 1) + "|"]
+        for name in layers:
+            values = [r.init_stats["layers"].get(name, {}).get(key) for r in ordered]
+            lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in values) + " |")
+        lines.append("")
+    return lines
+
+
+def _layers(run: Run, family: str, stat: str = "") -> list[str]:
+    suffix = f"/{stat}" if stat else ""
+    return [t[len(family) + 1: len(t) - len(suffix)] for t in run.scalar_tags(family + "/")
+            if t.endswith(suffix) and t.count("/") == 1 + bool(stat)]
+
+
+def _per_layer_figure(runs: list[Run], family: str, stat: str, title: str, path: Path) -> bool:
+    panels = [r for r in runs if _layers(r, family, stat)]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, run in zip(axes[0], panels):
+        for layer in _layers(run, family, stat):
+            points = run.scalars(f"{family}/{layer}/{stat}" if stat else f"{family}/{layer}")
+            if points:
+                ax.plot(*zip(*points), label=layer, lw=1.2)
+        ax.set_title(f"{run.activation} / {run.init}\n{run.label}"[:90], fontsize=8)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _histogram_figure(runs: list[Run], kind: str, path: Path) -> bool:
+    panels = [r for r in runs if any(t.startswith(f"hist/{kind}/")
+                                     for t in r.events.Tags().get("histograms", []))]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, run in zip(axes[0], panels):
+        tags = sorted(t for t in run.events.Tags()["histograms"] if t.startswith(f"hist/{kind}/"))
+        for tag in tags:
+            hist = run.histogram(tag, 0)
+            if hist is None or not hist.bucket_limit:
+                continue
+            limits = list(hist.bucket_limit)
+            counts = list(hist.bucket)
+            lows = [hist.min] + limits[:-1]
+            centres = [(a + b) / 2 for a, b in zip(lows, limits)]
+            ax.plot(centres, counts, label=tag.split("/")[-1], lw=1.2)
+        ax.set_title(f"{run.activation} / {run.init}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{kind} histograms at initialization (step 0)")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _error_curves(rows: list[dict], path: Path) -> bool:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn = False
+    for row in rows:
+        curves = [r.scalars("val/acc") for r in row["runs"]]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        steps = [s for s, _ in curves[0]]
+        n = min(len(c) for c in curves)
+        mean_err = [100 * (1 - statistics.mean(c[i][1] for c in curves)) for i in range(n)]
+        ax.plot(steps[:n], mean_err, marker="o", ms=3, label=row["label"][:60])
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation error %")
+    ax.set_yscale("log")
+    ax.legend(fontsize=6)
+    ax.set_title("error curves (mean over seeds)")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def write_report(root: str | Path, runs: list[Run]) -> Path:
+    root = Path(root)
+    rows = error_table(runs)
+    finished = sum(r.result is not None for r in runs)
+    lines = [f"# initlab report: {root}", ""]
+    if finished < len(runs):
+        lines += [f"**Partial results:** {len(runs) - finished} of {len(runs)} runs have no "
+                  "result.json yet (still running, or stopped without finishing).", ""]
+    lines += ["## Test error per configuration", ""] + _table1_markdown(rows) + [""]
+    lines += ["## At initialization (init_stats.json)", ""] + _at_init_markdown(runs) + [""]
+
+    # one run per configuration (the first seed) for the per-layer figures
+    firsts = [row["runs"][0] for row in rows]
+    figures = []
+    specs = [
+        ("activation_mean.png", "activation", "mean", "activation mean per layer"),
+        ("activation_std.png", "activation", "std", "activation std per layer"),
+        ("activation_p98.png", "activation", "p98", "activation 98th percentile per layer"),
+        ("weight_grad_std.png", "weight_grad", "std", "weight-gradient std per layer"),
+        ("backprop_std.png", "backprop", "std", "back-propagated gradient std per layer"),
+    ]
+    for name, family, stat, title in specs:
+        if _per_layer_figure(firsts, family, stat, title, root / name):
+            figures.append((name, title))
+    for kind in ("activation", "backprop"):
+        name = f"hist_{kind}_init.png"
+        if _histogram_figure(firsts, kind, root / name):
+            figures.append((name, f"{kind} histograms at initialization"))
+    if _error_curves(rows, root / "error_curves.png"):
+        figures.append(("error_curves.png", "validation error curves"))
+    for i, run in enumerate(runs):
+        name = f"grad_norm_{i:03d}.png"
+        if _per_layer_figure([run], "grad_norm", "", f"gradient L2 norm per layer: "
+                             f"{run.path.name}", root / name):
+            figures.append((name, f"gradient norms, run {run.path.name} ({run.label}, "
+                                  f"seed {run.seed}, {run.status})"))
+    lines += ["## Figures", ""]
+    lines += [f"### {title}\n\n![{title}]({name})\n" for name, title in figures]
+    lines += ["## Runs", "", "| run | configuration | seed | status | score | steps | wall s |",
+              "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        res = run.result or {}
+        where = ""
+        if res.get("status") == "diverged":
+            where = f" (step {res.get('diverged_step')}, layer {res.get('diverged_layer')})"
+        lines.append(f"| {run.path.relative_to(root) if run.path != root else '.'} | {run.label} "
+                     f"| {run.seed} | {run.status}{where} | {_fmt(res.get('score'))} "
+                     f"| {res.get('steps', '-')} | {_fmt(res.get('wall_time_s'), 3)} |")
+    path = root / "report.md"
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
+    return path
