@@ -191,7 +191,7 @@ def case_speedrun(args, data_dir: Path, out: Path) -> dict:
     from torch.optim.lr_scheduler import OneCycleLR
 
     seeds = [0] if args.quick else list(range(args.seeds))
-    extra = ["trainer.max_steps=10", "model.channels=[4,8]", "model.hidden=16",
+    extra = ["trainer.max_steps=40", "model.channels=[4,8]", "model.hidden=16",
              "data.verify=false", "data.sources=[local]"] if args.quick else []
     rows = []
     datamodule = None

@@ -96,6 +96,19 @@ class Classifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, "test", self.test_acc)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Dropout masks and other draws continue exactly after a resume.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model.parameters())
         if self.scheduler_factory is None:

@@ -1,4 +1,5 @@
-"""A run's outcome as science: ok, diverged (loss not finite) or stalled (stays at chance)."""
+"""A run's outcome as science: ok, diverged (loss not finite) or stalled (stays at chance); or
+interrupted (Ctrl-C, SIGTERM)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from initlab.monitors.stats import weight_layers
 
@@ -25,6 +27,7 @@ class RunStatus(L.Callback):
         self.diverged_step: int | None = None
         self.diverged_layer: str | None = None
         self.best_val_acc = -math.inf
+        self.exit_code = 0
         self._names: list[str] = []
         self._first_blowup: torch.Tensor | None = None  # per layer, step of first blow-up or -1
         self._loss_ok: torch.Tensor | None = None
@@ -58,13 +61,24 @@ class RunStatus(L.Callback):
         if self.status == "ok" and self.best_val_acc < self.stall_accuracy:
             self.status = "stalled"
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.status = "interrupted"
+            self.exit_code = 130  # the shell's code for SIGINT
+        elif isinstance(exception, SIGTERMException):
+            self.status = "interrupted"
+            self.exit_code = 143  # SIGTERM: tells a scheduler the job did not finish
+
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         acc = trainer.callback_metrics.get("val/acc")
         if acc is not None and not trainer.sanity_checking:
             self.best_val_acc = max(self.best_val_acc, float(acc))
 
     def _check(self, trainer) -> None:
-        if self.status == "diverged" or self._loss_ok is None or bool(self._loss_ok):
+        if self.status == "diverged" or self._loss_ok is None:
+            return
+        # every rank takes the same decision (a collective only on check steps)
+        if not trainer.strategy.reduce_boolean_decision(not bool(self._loss_ok), all=False):
             return
         self.status = "diverged"
         trainer.should_stop = True

@@ -13,6 +13,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from initlab.checkpointing import (
+    AtomicCheckpointIO,
+    SaveOnInterrupt,
+    check_checkpoint,
+    check_output_dir,
+)
 from initlab.data.sources import atomic_write
 from initlab.init import apply_init
 from initlab.module import Classifier
@@ -52,8 +58,14 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
     """Instantiate data (unless given one already set up), model (initialised),
     LightningModule, callbacks, logger and trainer."""
     check_config(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir = Path(cfg.output_dir)
+    try:
+        check_output_dir(output_dir)
+        if cfg.ckpt_path:
+            check_checkpoint(cfg.ckpt_path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = datamodule if datamodule is not None else instantiate(cfg.data)
     model = instantiate(cfg.model)
     apply_init(model, **cfg.init, activation=cfg.model.activation)
@@ -70,16 +82,18 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
     logger = instantiate_optional(cfg.logger)
     if logger is not None:
         callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"))
-    if cfg.checkpoint is not None:
-        callbacks.append(instantiate(cfg.checkpoint))
+    if cfg.checkpoint:
+        callbacks += [instantiate(node) for node in cfg.checkpoint.values() if node is not None]
+        callbacks.append(SaveOnInterrupt(Path(output_dir) / "checkpoints"))
     if cfg.trainer.get("enable_progress_bar", True) and cfg.progress_bar is not None:
         callbacks.append(instantiate(cfg.progress_bar))
     trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=logger if logger is not None else False,
-        enable_checkpointing=cfg.checkpoint is not None,
+        enable_checkpointing=bool(cfg.checkpoint),
         default_root_dir=str(output_dir),
+        plugins=[AtomicCheckpointIO()],
     )
     return datamodule, module, trainer
 
@@ -92,7 +106,13 @@ def run(cfg: DictConfig) -> float:
     status = next(c for c in trainer.callbacks if isinstance(c, RunStatus))
     if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
         add_layout(trainer.logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except SystemExit:  # Lightning ends an interrupted fit with SystemExit
+        if status.status != "interrupted":
+            raise
+        _write_result(cfg, trainer, status, _metrics_to_floats(trainer.callback_metrics), start)
+        raise SystemExit(status.exit_code) from None
     metrics = _metrics_to_floats(trainer.callback_metrics)
     if cfg.test and status.status != "diverged":
         metrics.update(_metrics_to_floats(trainer.test(module, datamodule=datamodule, verbose=False)[0]))
@@ -108,17 +128,27 @@ def run(cfg: DictConfig) -> float:
         trainer.logger.log_hyperparams(params, metrics={k: v for k, v in metrics.items()
                                                         if k.startswith(("test", "val/"))})
         trainer.logger.finalize("success")
+        if hasattr(trainer.logger, "close"):
+            trainer.logger.close()
     key = "test/acc" if cfg.test else "val/acc"
     score = math.nan if status.status == "diverged" else metrics.get(key, math.nan)
+    _write_result(cfg, trainer, status, metrics, start, key, score)
     if trainer.is_global_zero:
-        result = {**status.summary(), "metric": key,
-                  "score": score if math.isfinite(score) else None,
-                  "steps": trainer.global_step, "epochs": trainer.current_epoch,
-                  "wall_time_s": time.perf_counter() - start,
-                  "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)}}
-        atomic_write(Path(cfg.output_dir) / "result.json",
-                     json.dumps(result, indent=2, allow_nan=False, default=str).encode())
         print(f"status: {status.status}   test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
               f"val accuracy: {metrics.get('val/acc', math.nan):.4f}")
         print(f"inspect with: tensorboard --logdir {cfg.output_dir}")
     return score
+
+
+def _write_result(cfg, trainer, status: RunStatus, metrics: dict[str, float], start: float,
+                  key: str | None = None, score: float = math.nan) -> None:
+    """``result.json`` next to the events (rank 0): status, metrics, steps, wall time."""
+    if not trainer.is_global_zero:
+        return
+    result = {**status.summary(), "metric": key,
+              "score": score if math.isfinite(score) else None,
+              "steps": trainer.global_step, "epochs": trainer.current_epoch,
+              "wall_time_s": time.perf_counter() - start,
+              "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)}}
+    atomic_write(Path(cfg.output_dir) / "result.json",
+                 json.dumps(result, indent=2, allow_nan=False, default=str).encode())

@@ -43,7 +43,7 @@ class Augment:
         self.noise_std, self.skew_degrees = float(noise_std), float(skew_degrees)
         self.rotate_degrees, self.translate, self.scale = (float(rotate_degrees),
                                                            float(translate), float(scale))
-        self.seed = seed
+        self.seed, self.epoch = seed, 0
         self._generator: torch.Generator | None = None
         self._bank: torch.Tensor | None = None
         self._grids: dict = {}
@@ -57,10 +57,16 @@ class Augment:
     def has_affine(self) -> bool:
         return bool(self.skew_degrees or self.rotate_degrees or self.translate or self.scale)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Restart the random stream at (seed, epoch), so a resumed run draws what it would have."""
+        if epoch != self.epoch:
+            self.epoch, self._generator = epoch, None
+
     def _gen(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-            self._offsets = torch.Generator().manual_seed(self.seed)
+            seed = self.seed * 1_000_003 + self.epoch
+            self._generator = torch.Generator(device=device).manual_seed(seed)
+            self._offsets = torch.Generator().manual_seed(seed)
             self._bank = None
         return self._generator
 

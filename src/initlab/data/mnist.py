@@ -46,12 +46,13 @@ class Batches:
 
     def __init__(self, images, labels, batch_size: int, transform: Callable, shuffle=False,
                  drop_last=False, seed=0, rank=0, world_size=1,
-                 epoch: Callable[[], int] = lambda: 0):
+                 epoch: Callable[[], int] = lambda: 0,
+                 on_epoch: Callable[[int], None] | None = None):
         self.images, self.labels = images, labels
         self.batch_size, self.transform = batch_size, transform
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch = epoch
+        self.epoch, self.on_epoch = epoch, on_epoch
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -75,6 +76,8 @@ class Batches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch())
         order = self._indices()
         stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
         for start in range(0, stop, self.batch_size):
@@ -176,6 +179,8 @@ class MNISTDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
             epoch=(lambda: trainer.current_epoch) if train and trainer is not None else (lambda: 0),
+            # augmentation draws restart from (seed, epoch): a resumed run sees the same ones
+            on_epoch=self.augment.set_epoch if train and self.augmenting else None,
         )
 
     @property

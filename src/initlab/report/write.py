@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from initlab.data.sources import atomic_write  # noqa: E402
 from initlab.report.collect import Run  # noqa: E402
 
+LOG_SCALE = {"weight_grad", "backprop", "grad_norm"}
 AT_INIT_KEYS = (("activation_std", "activation std"), ("backprop_std", "backprop std"),
                 ("jacobian_mean_sv", "Jacobian mean sv"))
 
@@ -106,6 +107,8 @@ def _per_layer_figure(runs: list[Run], family: str, stat: str, title: str, path:
                 ax.plot(*zip(*points), label=layer, lw=1.2)
         ax.set_title(f"{run.activation} / {run.init}\n{run.label}"[:90], fontsize=8)
         ax.set_xlabel("step")
+        if family in LOG_SCALE and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
+            ax.set_yscale("log")  # layers differ by orders of magnitude
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()

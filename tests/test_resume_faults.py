@@ -1,0 +1,118 @@
+"""Resume after interruption, and faults that must give clear errors before training."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+
+from initlab.train import ConfigError, build, run
+from tests.helpers import ROOT
+
+
+class StopAfterEpochs(L.Callback):
+    """Ends training after ``epochs`` epochs, as an interruption between epochs would."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_resume_ends_like_an_uninterrupted_run(make_cfg, tmp_path):
+    common = ["seed=7", "model.dropout=0.3", "augment=noise_skew", "optim=adam",
+              "scheduler=onecycle", "trainer.deterministic=true", "robustness=null",
+              "trainer.max_epochs=4"]
+    full = tmp_path / "full"
+    run(make_cfg(*common, f"output_dir={full}", outputs=True))
+
+    first = tmp_path / "first"
+    datamodule, module, trainer = build(make_cfg(*common, f"output_dir={first}", outputs=True))
+    trainer.callbacks.append(StopAfterEpochs(2))
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 6
+
+    resumed = tmp_path / "resumed"
+    run(make_cfg(*common, f"output_dir={resumed}",
+                 f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", outputs=True))
+    a = json.loads((full / "result.json").read_text())
+    b = json.loads((resumed / "result.json").read_text())
+    assert a["steps"] == b["steps"] == 12
+    for key in ("test/acc", "test/loss", "val/acc", "val/loss"):
+        assert a["metrics"][key] == pytest.approx(b["metrics"][key], abs=1e-6), key
+    wa = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    wb = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert [k for k in wa if not torch.allclose(wa[k], wb[k], atol=1e-6)] == []
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_bad_checkpoint_is_a_clear_error(make_cfg, tmp_path, content):
+    good = tmp_path / "good"
+    run(make_cfg("trainer.max_epochs=1", f"output_dir={good}", outputs=True))
+    bad = tmp_path / "bad.ckpt"
+    data = (good / "checkpoints" / "last.ckpt").read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if content is None else content)
+    with pytest.raises(ConfigError, match=r"ckpt_path='.*bad.ckpt' is not a readable checkpoint"):
+        build(make_cfg(f"ckpt_path={bad}"))
+
+
+def test_missing_checkpoint_is_a_clear_error(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"ckpt_path='.*nope.ckpt' does not exist"):
+        build(make_cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}"))
+
+
+def test_output_dir_under_a_file_is_a_clear_error(make_cfg, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")  # a file where a folder should be: unwritable for root too
+    with pytest.raises(ConfigError, match=r"output_dir='.*afile/run' is not writable"):
+        build(make_cfg(f"output_dir={blocker / 'run'}"))
+
+
+def test_full_disk_is_a_clear_error(make_cfg, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    with pytest.raises(ConfigError, match=r"has 1 MiB free, less than the 200 MiB a run needs"):
+        build(make_cfg())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_saves_a_checkpoint_and_resumes(tiny_data, tmp_path, sig):
+    out = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={out}",
+            f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
+            "data.batch_size=8", "model.channels=[4,8]", "model.hidden=16", "trainer.max_epochs=400",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "callbacks=none",
+            "robustness=null", "scheduler=none", "status.stall_accuracy=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.2)  # wait until training is under way (one epoch done)
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], output[-3000:]
+    assert json.loads((out / "result.json").read_text())["status"] == "interrupted"
+    ckpt = out / "checkpoints" / "interrupted.ckpt"
+    assert ckpt.exists(), output[-2000:]
+    assert not list((out / "checkpoints").glob(".*.tmp"))  # nothing half written
+    checkpoint = torch.load(ckpt, weights_only=False)
+    step = checkpoint["global_step"]
+    assert step > 0 and f"interrupted at step {step}" in output
+    resume = [a for a in args if not a.startswith(("trainer.max_epochs", "hydra.run.dir"))]
+    resumed = subprocess.run(resume + [f"trainer.max_epochs={checkpoint['epoch'] + 2}",
+                                       f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'resumed'}"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    result = json.loads((tmp_path / "resumed" / "result.json").read_text())
+    assert result["steps"] > step and result["status"] == "ok"
