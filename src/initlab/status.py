@@ -15,12 +15,17 @@ BLOWUP_NORM = 1e6  # a weight-gradient norm above this counts as blown up
 
 
 class RunStatus(L.Callback):
-    """Watches every step on the device and looks at the host only every ``check_every_n_steps``:
-    a non-finite loss stops training and marks the run ``diverged``, naming the step and the
-    layer whose gradient norm blew up (non-finite or > 1e6) first. A run whose best validation
-    accuracy stays below ``stall_accuracy`` is ``stalled``."""
+    """Marks a run ``diverged`` when its loss stops being finite, and stops it; ``stalled`` when
+    its best validation accuracy stays below ``stall_accuracy``; ``interrupted`` on Ctrl-C or
+    SIGTERM.
 
-    def __init__(self, check_every_n_steps: int = 10, stall_accuracy: float = 0.2):
+    Every step costs one device op (the loss's finiteness is folded into a flag); the host looks
+    at the flag, and at each layer's weight-gradient norm, every ``check_every_n_steps`` steps.
+    A diverged run names the first checked step at which a layer's gradient norm was non-finite
+    or above 1e6, and that layer (the input-most one on a tie).
+    """
+
+    def __init__(self, check_every_n_steps: int = 50, stall_accuracy: float = 0.2):
         self.check_every_n_steps = check_every_n_steps
         self.stall_accuracy = stall_accuracy
         self.status = "ok"
@@ -28,32 +33,32 @@ class RunStatus(L.Callback):
         self.diverged_layer: str | None = None
         self.best_val_acc = -math.inf
         self.exit_code = 0
-        self._names: list[str] = []
-        self._first_blowup: torch.Tensor | None = None  # per layer, step of first blow-up or -1
+        self._first_blowup: dict[str, int] = {}
         self._loss_ok: torch.Tensor | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._layers = weight_layers(pl_module.model)
 
+    def _due(self, trainer) -> bool:
+        return trainer.global_step % self.check_every_n_steps == 0
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        layers = self._layers
-        grads = [m.weight.grad for m in layers.values()]
+        if not self._due(trainer):
+            return
+        grads = [m.weight.grad for m in self._layers.values()]
         if any(g is None for g in grads):
             return
         norms = torch.stack(torch._foreach_norm(grads))
-        if self._first_blowup is None:
-            self._names = list(layers)
-            self._first_blowup = torch.full_like(norms, -1)
-        blown = ~torch.isfinite(norms) | (norms > BLOWUP_NORM)
-        self._first_blowup = torch.where(blown & (self._first_blowup < 0),
-                                         torch.full_like(norms, trainer.global_step),
-                                         self._first_blowup)
+        blown = (~torch.isfinite(norms) | (norms > BLOWUP_NORM)).tolist()
+        for name, is_blown in zip(self._layers, blown):
+            if is_blown:
+                self._first_blowup.setdefault(name, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         ok = torch.isfinite(loss.detach())
         self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
-        if trainer.global_step % self.check_every_n_steps == 0:
+        if self._due(trainer):
             self._check(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -82,11 +87,9 @@ class RunStatus(L.Callback):
             return
         self.status = "diverged"
         trainer.should_stop = True
-        steps = self._first_blowup.tolist() if self._first_blowup is not None else []
-        blown = [(s, n) for s, n in zip(steps, self._names) if s >= 0]
-        if blown:
-            step, self.diverged_layer = min(blown, key=lambda b: b[0])  # ties: input side
-            self.diverged_step = int(step)
+        if self._first_blowup:  # dicts keep insertion order: ties go to the input side
+            self.diverged_layer = min(self._first_blowup, key=self._first_blowup.get)
+            self.diverged_step = self._first_blowup[self.diverged_layer]
         else:
             self.diverged_step = trainer.global_step
 

@@ -133,12 +133,12 @@ class ProbeMonitor(L.Callback):
 
     Histograms (``hist/activation|backprop|weight_grad/<layer>``) at step 0, every
     ``histogram_every_n_steps`` and at the end; Jacobian singular values at step 0 and every
-    ``jacobian_every_n_steps`` (null: step 0 only). Writes ``init_stats.json`` (the step-0
+    ``jacobian_every_n_steps`` (and at the end; null: step 0 only). Writes ``init_stats.json`` (the step-0
     numbers and ``run_info``) into the run directory, and a TensorBoard custom-scalars layout.
     Runs on rank 0 only.
     """
 
-    def __init__(self, num_examples: int = 300, every_n_steps: int = 100,
+    def __init__(self, num_examples: int = 300, every_n_steps: int = 200,
                  histogram_every_n_steps: int | None = 1000,
                  jacobian_every_n_steps: int | None = None, jacobian_samples: int = 10,
                  run_info: dict | None = None):
@@ -198,7 +198,8 @@ class ProbeMonitor(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._batch is not None and trainer.global_step != self._last_step:
-            self._measure(trainer, pl_module, trainer.global_step, jacobian=True,
+            self._measure(trainer, pl_module, trainer.global_step,
+                          jacobian=self.jacobian_every_n_steps is not None,
                           histograms=self.histogram_every_n_steps is not None)
 
     def _write_init_stats(self, trainer, pl_module, result: Probe) -> None:

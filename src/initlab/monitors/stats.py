@@ -129,7 +129,8 @@ def jacobian_mean_sv(model: nn.Module, x: torch.Tensor, record: dict,
     Fully connected layers: J = diag(f'(s_k)) W_k, exact SVD per example (first ``samples``
     examples), averaged. Other layers (conv, pooling, normalisation in between): the
     root-mean-square singular value sqrt(||J||_F^2 / min(m, n)), with ||J||_F^2 = E||J v||^2
-    for v ~ N(0, I) computed by forward-mode AD, one tangent per example; RMS >= mean.
+    for v ~ N(0, I) computed by forward-mode AD, one tangent per example (first ``samples``
+    examples); RMS >= mean.
     """
     out: dict[str, torch.Tensor] = {}
     hidden = model.hidden_layers()
@@ -147,7 +148,7 @@ def jacobian_mean_sv(model: nn.Module, x: torch.Tensor, record: dict,
             except RuntimeError:  # non-finite weights of a diverging run: SVD cannot converge
                 out[name] = torch.tensor(float("nan"), device=jac.device)
         else:
-            out[name] = _rms_sv(model, x, hidden, k)
+            out[name] = _rms_sv(model, x[:samples], hidden, k)
         previous = entry["act"]
     return out
 
