@@ -39,7 +39,8 @@ def test_every_init_and_optim_trains(make_cfg, init, optim):
     "model=mlp", "model.activation=tanh", "model.activation=sigmoid", "model.activation=softsign",
     "model.activation=leaky_relu", "model.activation=elu", "model.dropout=0.5",
     "model.batchnorm=true", "scheduler=none", "scheduler=cosine", "trainer=cpu",
-    "init.gain=auto", "init=xavier init.mode=fan_in",
+    "init.gain=auto", "init=xavier init.mode=fan_in", "channels_last=true", "compile=true",
+    "trainer.precision=bf16-mixed",
 ])
 def test_other_options_train(make_cfg, override):
     assert "val/acc" in fit_metrics(make_cfg(*override.split()))

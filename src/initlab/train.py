@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -69,6 +70,8 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
     datamodule = datamodule if datamodule is not None else instantiate(cfg.data)
     model = instantiate(cfg.model)
     apply_init(model, **cfg.init, activation=cfg.model.activation)
+    if cfg.channels_last:  # conv outputs follow the weights' layout (faster on recent GPUs)
+        model = model.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optim)
     try:  # fail now, not at the first step, on values torch rejects (momentum < 0, ...)
         optimizer(model.parameters())
