@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from initlab import project_root
 from initlab.data.mnist import MEAN, STD
 from initlab.data.sources import atomic_write, idx_bytes
+from initlab.init import apply_init
 from initlab.train import build
 
 ROOT = project_root()
@@ -187,7 +188,8 @@ def case_data(args, data_dir: Path, out: Path) -> dict:
 
 def case_speedrun(args, data_dir: Path, out: Path) -> dict:
     """experiment=speedrun on real MNIST: training wall time and test accuracy per seed, against
-    a raw loop of the same recipe (model, Adam, one-cycle, batch 256, one epoch)."""
+    a raw loop of the same recipe (model, init, Adam, one-cycle, batch 256, same epochs and
+    data order)."""
     from torch.optim.lr_scheduler import OneCycleLR
 
     seeds = [0] if args.quick else list(range(args.seeds))
@@ -208,17 +210,19 @@ def case_speedrun(args, data_dir: Path, out: Path) -> dict:
 
         torch.manual_seed(seed)
         model = instantiate(cfg.model)
-        from initlab.init import apply_init
-
         apply_init(model, **cfg.init, activation=cfg.model.activation)
         optimizer = instantiate(cfg.optim)(model.parameters())
         images, labels = datamodule.splits["train"]
         bs = cfg.data.batch_size
-        steps = len(labels) // bs + (len(labels) % bs > 0)
-        steps = min(steps, cfg.trainer.max_steps) if cfg.trainer.max_steps > 0 else steps
-        scheduler = OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=steps,
+        per_epoch = len(labels) // bs + (len(labels) % bs > 0)
+        epochs = cfg.trainer.max_epochs
+        if cfg.trainer.max_steps > 0:
+            per_epoch, epochs = min(per_epoch, cfg.trainer.max_steps), 1
+        scheduler = OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=per_epoch * epochs,
                                pct_start=cfg.scheduler.pct_start)
-        raw_seconds = raw_loop(model, optimizer, scheduler, images, labels, bs, steps, seed)
+        # the data module's order: a permutation seeded with seed + epoch
+        raw_seconds = sum(raw_loop(model, optimizer, scheduler, images, labels, bs, per_epoch,
+                                   seed + epoch) for epoch in range(epochs))
         model.eval()
         test_x, test_y = datamodule.splits["test"]
         with torch.no_grad():

@@ -78,3 +78,9 @@ def test_bad_robustness_values_are_named(make_cfg, bad):
 
     with pytest.raises(ValueError, match="robustness.blur is unknown|augment.noise_std=-1"):
         build(make_cfg(bad.replace("robustness.blur", "+robustness.blur")))
+
+
+def test_run_without_validation_is_not_called_stalled(make_cfg, tmp_path):
+    run(make_cfg("trainer.max_steps=2", "status.stall_accuracy=1.0"))
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "ok" and result["best_val_acc"] is None

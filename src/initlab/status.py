@@ -63,7 +63,8 @@ class RunStatus(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._check(trainer)
-        if self.status == "ok" and self.best_val_acc < self.stall_accuracy:
+        # no validation ran (max_steps inside the first epoch): nothing to call stalled
+        if self.status == "ok" and -math.inf < self.best_val_acc < self.stall_accuracy:
             self.status = "stalled"
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
