@@ -125,14 +125,15 @@ def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
     variants = {"raw": raw}
     variants.update({name: (lambda c=cfg: initlab_fit(c, datamodule)[0]) for name, cfg in cfgs.items()})
     times = interleave(variants, args.rounds)
-    return summarize(times, baseline="raw", unit_steps=steps, pairs={
+    return summarize(times, unit_steps=steps, pairs={
         "framework": ("initlab", "raw"),
         "monitors_default": ("monitors_default", "initlab"),
         "monitors_glorot": ("monitors_glorot", "initlab"),
     })
 
 
-def summarize(times: dict[str, list[float]], baseline: str, unit_steps: int, pairs: dict) -> dict:
+def summarize(times: dict[str, list[float]], unit_steps: int, pairs: dict) -> dict:
+    """Median seconds and spread per variant, and the ratio of each (numerator, denominator)."""
     result = {"seconds": {}, "ratios": {}, "spread": {}}
     for name, samples in times.items():
         med, spread = median_and_spread(samples)
@@ -180,7 +181,7 @@ def case_data(args, data_dir: Path, out: Path) -> dict:
 
     times = interleave({"plain": lambda: batched(lambda x: x), "augmented": lambda: batched(augment),
                         "per_image_pil": pil}, args.rounds)
-    result = summarize(times, "per_image_pil", n, {
+    result = summarize(times, n, {
         "augmented_vs_per_image": ("per_image_pil", "augmented")})
     result["images_per_s"] = {k: n / v for k, v in result["seconds"].items()}
     return result
@@ -265,7 +266,7 @@ def case_compile(args, data_dir: Path, out: Path) -> dict:
     datamodule.setup()
     times = interleave({"eager": lambda: initlab_fit(eager, datamodule)[0],
                         "compiled": lambda: initlab_fit(compiled, datamodule)[0]}, args.rounds)
-    return summarize(times, "eager", steps, {"compile": ("compiled", "eager")})
+    return summarize(times, steps, {"compile": ("compiled", "eager")})
 
 
 CASES = {"framework": case_framework_and_monitors, "data": case_data,
