@@ -138,7 +138,7 @@ class ProbeMonitor(L.Callback):
     Runs on rank 0 only.
     """
 
-    def __init__(self, num_examples: int = 300, every_n_steps: int = 200,
+    def __init__(self, num_examples: int = 300, every_n_steps: int = 250,
                  histogram_every_n_steps: int | None = 1000,
                  jacobian_every_n_steps: int | None = None, jacobian_samples: int = 10,
                  run_info: dict | None = None):
