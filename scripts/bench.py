@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from initlab import project_root
-from initlab.data.mnist import MEAN, STD
+from initlab.data.mnist import MEAN, STD, to_unit
 from initlab.data.sources import atomic_write, idx_bytes
 from initlab.init import apply_init
 from initlab.train import build
@@ -164,8 +164,7 @@ def case_data(args, data_dir: Path, out: Path) -> dict:
     def batched(transform) -> float:
         start = time.perf_counter()
         for i in range(0, n, batch_size):
-            x = images[i: i + batch_size].unsqueeze(1).float().div_(255)
-            transform(x)
+            transform(to_unit(images[i: i + batch_size]))
         return time.perf_counter() - start
 
     per_image = v2.Compose([v2.RandomAffine(degrees=0, shear=(-15, 15, 0, 0)), v2.PILToTensor(),
@@ -227,7 +226,7 @@ def case_speedrun(args, data_dir: Path, out: Path) -> dict:
         model.eval()
         test_x, test_y = datamodule.splits["test"]
         with torch.no_grad():
-            raw_acc = float((model(datamodule.standardize(test_x.unsqueeze(1).float() / 255))
+            raw_acc = float((model(datamodule.standardize(to_unit(test_x)))
                              .argmax(1) == test_y).float().mean())
         rows.append({"seed": seed, "initlab_s": seconds, "initlab_acc": acc,
                      "raw_s": raw_seconds, "raw_acc": raw_acc})

@@ -48,6 +48,7 @@ class Classifier(L.LightningModule):
         self.net = torch.compile(model.forward) if compile else model.__call__
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.l1, self.l2 = l1, l2
+        self._penalized = penalized_weights(model)  # the same tensors every step
         self.train_acc = MeanMetric(nan_strategy="disable")
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -62,11 +63,11 @@ class Classifier(L.LightningModule):
         loss = ce = F.cross_entropy(logits, y)
         step_metrics = {}
         if self.l1:
-            l1 = self.l1 * sum(w.abs().sum() for w in penalized_weights(self.model))
+            l1 = self.l1 * sum(w.abs().sum() for w in self._penalized)
             step_metrics["train/l1"] = l1
             loss = loss + l1
         if self.l2:
-            l2 = self.l2 * sum(w.pow(2).sum() for w in penalized_weights(self.model))
+            l2 = self.l2 * sum(w.pow(2).sum() for w in self._penalized)
             step_metrics["train/l2"] = l2
             loss = loss + l2
         correct = (logits.detach().argmax(1) == y).float()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from initlab.data.augment import Augment
+from initlab.data.mnist import to_unit
 
 KINDS = {"noise": "noise_std", "skew": "skew_degrees"}
 
@@ -32,7 +33,7 @@ def evaluate_corrupted(model: torch.nn.Module, datamodule, corruptions: dict[str
                 corrupt = Augment(**{KINDS[kind]: level}, seed=seed)
                 correct = torch.zeros((), dtype=torch.long, device=labels.device)
                 for start in range(0, len(labels), batch_size):
-                    x = images[start: start + batch_size].unsqueeze(1).float().div(255)
+                    x = to_unit(images[start: start + batch_size])
                     logits = model(datamodule.standardize(corrupt(x)))
                     correct += (logits.argmax(1) == labels[start: start + batch_size]).sum()
                 results[f"test_corrupt/{kind}_{level:g}/acc"] = correct.item() / len(labels)

@@ -45,6 +45,7 @@ class Augment:
                                                            float(translate), float(scale))
         self.seed, self.epoch = seed, 0
         self._generator: torch.Generator | None = None
+        self._offsets: torch.Generator | None = None
         self._bank: torch.Tensor | None = None
         self._grids: dict = {}
 

@@ -16,6 +16,11 @@ SPLIT_SEED = 12345  # fixed: the validation split never depends on the run's see
 _IDX_MAGIC = {1: 0x0801, 3: 0x0803}
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, H, W) -> float (N, 1, H, W) in [0, 1]."""
+    return images.unsqueeze(1).float().div_(255)
+
+
 def read_idx(path: Path, ndim: int) -> torch.Tensor:
     """Parse an IDX file of unsigned bytes, checking its magic number and exact size."""
     data = Path(path).read_bytes()
@@ -45,12 +50,12 @@ class Batches:
     """
 
     def __init__(self, images, labels, batch_size: int, transform: Callable, shuffle=False,
-                 drop_last=False, seed=0, rank=0, world_size=1,
+                 seed=0, rank=0, world_size=1,
                  epoch: Callable[[], int] = lambda: 0,
                  on_epoch: Callable[[int], None] | None = None):
         self.images, self.labels = images, labels
         self.batch_size, self.transform = batch_size, transform
-        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.shuffle, self.seed = shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.on_epoch = epoch, on_epoch
 
@@ -73,17 +78,15 @@ class Batches:
         n = len(self.labels)
         if self.world_size > 1:
             n = n // self.world_size + (0 if self.shuffle else int(self.rank < n % self.world_size))
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-n // self.batch_size)
 
     def __iter__(self):
         if self.on_epoch is not None:
             self.on_epoch(self.epoch())
         order = self._indices()
-        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
-        for start in range(0, stop, self.batch_size):
+        for start in range(0, len(order), self.batch_size):
             idx = order[start: start + self.batch_size]
-            x = self.images[idx].unsqueeze(1).float().div_(255)
-            yield self.transform(x), self.labels[idx]
+            yield self.transform(to_unit(self.images[idx])), self.labels[idx]
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -96,7 +99,7 @@ class MNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         train_samples: int | None = None,
         normalize: bool = True,
-        sources: list[str] = None,
+        sources: list[str] | None = None,  # default: every source, in SOURCES order
         verify: bool = True,
         augment: Callable | None = None,
         seed: int = 0,
@@ -200,7 +203,7 @@ class MNISTDataModule(L.LightningDataModule):
 
         trainer = self.trainer
         loggers = trainer.loggers if trainer is not None else []
-        x = self.splits["train"][0][:n].unsqueeze(1).float().div(255)
+        x = to_unit(self.splits["train"][0][:n])
         grid = make_grid(self.augment(x).cpu(), nrow=8, pad_value=0.5)
         for logger in loggers:
             if hasattr(logger.experiment, "add_image"):
@@ -215,4 +218,4 @@ class MNISTDataModule(L.LightningDataModule):
     def probe_batch(self, n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
         """A fixed set of ``n`` held-out (validation) examples, never augmented."""
         x, y = self.splits["val"]
-        return self.standardize(x[:n].unsqueeze(1).float().div(255)), y[:n]
+        return self.standardize(to_unit(x[:n])), y[:n]
