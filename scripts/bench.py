@@ -29,9 +29,10 @@ from hydra.utils import instantiate
 
 from initlab import project_root
 from initlab.data.mnist import MEAN, STD, to_unit
-from initlab.data.sources import atomic_write, idx_bytes
+from initlab.data.sources import idx_bytes
 from initlab.init import apply_init
 from initlab.train import build
+from initlab.utils import atomic_write
 
 ROOT = project_root()
 SPREAD_WARNING = 0.10

@@ -10,12 +10,15 @@ from torch import nn
 
 from initlab.init import SCHEMES, apply_init, fans
 from initlab.models import MLP
+from tests.helpers import CONF
 
 FAN_IN, FAN_OUT = 800, 1200  # one Linear layer: 960k samples
 
 
-def expected_variance(scheme: str, gain: float = 1.0, mode: str | None = None) -> float:
-    fan = {"fan_in": FAN_IN, "fan_out": FAN_OUT, "fan_avg": (FAN_IN + FAN_OUT) / 2}
+def expected_variance(scheme: str, gain: float = 1.0, mode: str | None = None,
+                      fan_in: int = FAN_IN, fan_out: int = FAN_OUT, rows: int = FAN_OUT) -> float:
+    """The formula table of the README, written out independently of initlab.init."""
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}
     return {
         "uniform": 1 / 3,
         "normal": 1.0,
@@ -23,10 +26,16 @@ def expected_variance(scheme: str, gain: float = 1.0, mode: str | None = None) -
         "xavier": gain**2 / fan[mode or "fan_avg"],
         "xavier_normal": gain**2 / fan[mode or "fan_avg"],
         "lecun": gain**2 / fan[mode or "fan_in"],
-        "he": 2 * gain**2 / fan[mode or "fan_in"],
-        "orthogonal": gain**2 / max(FAN_IN, FAN_OUT),  # out > in: orthonormal columns
-        "default": 1 / (3 * FAN_IN),  # PyTorch's kaiming_uniform_(a=sqrt(5)) = the paper's Eq. 1
+        "he": gain**2 / fan[mode or "fan_in"],
+        "orthogonal": gain**2 / max(rows, fan_in),  # flattened to (rows, fan_in), semi-orthogonal
+        "default": 1 / (3 * fan_in),  # PyTorch's kaiming_uniform_(a=sqrt(5)) = the paper's Eq. 1
     }[scheme]
+
+
+# the gain each setting must put in effect: init.gain=null is 1, except he (the ReLU gain)
+NULL_GAIN = {"he": math.sqrt(2)}
+ACTIVATION_GAIN = {"relu": math.sqrt(2), "tanh": 5 / 3}
+GAINLESS = {"zeros", "uniform", "normal", "default"}
 
 
 def assert_moments(w: torch.Tensor, variance: float) -> None:
@@ -36,12 +45,59 @@ def assert_moments(w: torch.Tensor, variance: float) -> None:
     assert abs(float(w.var()) - variance) < 5 * std_err_var, (float(w.var()), variance)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("gain", [None, 1.0, "auto"])
 @pytest.mark.parametrize("scheme", sorted(set(SCHEMES) - {"zeros"}))
-def test_weight_variance_matches_formula(scheme):
+def test_weight_variance_matches_formula(scheme, gain, activation):
+    """Every scheme x gain setting x activation, on a Linear and on a conv whose fans differ."""
+    if scheme in GAINLESS and gain == "auto":
+        with pytest.raises(ValueError, match=f"init.scheme='{scheme}' takes no gain"):
+            apply_init(nn.Linear(4, 4), scheme, gain=gain, activation=activation)
+        return
+    in_effect = {None: NULL_GAIN.get(scheme, 1.0), 1.0: 1.0, "auto": ACTIVATION_GAIN[activation]}
     torch.manual_seed(0)
     layer = nn.Linear(FAN_IN, FAN_OUT)
-    apply_init(layer, scheme, bias="zeros")
-    assert_moments(layer.weight, expected_variance(scheme))
+    apply_init(layer, scheme, gain=gain, bias="zeros", activation=activation)
+    assert_moments(layer.weight, expected_variance(scheme, in_effect[gain]))
+    conv = nn.Conv2d(48, 96, 5)  # 115k weights; fan_in 1200, fan_out 2400, 96 rows
+    apply_init(conv, scheme, gain=gain, bias="zeros", activation=activation)
+    assert_moments(conv.weight, expected_variance(scheme, in_effect[gain], fan_in=1200,
+                                                  fan_out=2400, rows=96))
+
+
+def test_he_with_auto_gain_on_relu_is_two_over_fan_in():
+    """The factor 2 is counted once: he's default gain and gain=auto on ReLU agree."""
+    torch.manual_seed(0)
+    for gain in (None, "auto", "relu"):
+        layer = nn.Linear(FAN_IN, FAN_OUT)
+        apply_init(layer, "he", gain=gain, activation="relu")
+        assert_moments(layer.weight, 2 / FAN_IN)
+
+
+def test_default_init_refuses_a_gain_it_cannot_honour():
+    with pytest.raises(ValueError, match=r"init.scheme='default' takes no gain, got "
+                                         r"init.gain=2.*init=standard init.gain=G"):
+        apply_init(nn.Linear(4, 4), "default", gain=2.0)
+    with pytest.raises(ValueError, match=r"init.scheme='default' takes no mode"):
+        apply_init(nn.Linear(4, 4), "default", mode="fan_out")
+    with pytest.raises(ValueError, match=r"init.scheme='xavier' takes no scale"):
+        apply_init(nn.Linear(4, 4), "xavier", scale=2.0)
+
+
+def test_every_init_config_trains_what_it_says(make_cfg):
+    """Each conf/init option, composed, puts its documented variance on the default CNN."""
+    from hydra.utils import instantiate
+    for path in sorted((CONF / "init").glob("*.yaml")):
+        cfg = make_cfg(f"init={path.stem}", tiny=False)
+        model = instantiate(cfg.model)
+        torch.manual_seed(0)
+        apply_init(model, **cfg.init, activation=cfg.model.activation)
+        w = model.fc1.weight  # 800 -> 256
+        if path.stem == "zeros":
+            assert torch.count_nonzero(w) == 0
+            continue
+        gain = NULL_GAIN.get(path.stem, 1.0)
+        assert_moments(w, expected_variance(path.stem, gain, fan_in=800, fan_out=256, rows=256))
 
 
 @pytest.mark.parametrize("scheme,mode", [("xavier", "fan_in"), ("standard", "fan_out"),
@@ -50,7 +106,7 @@ def test_mode_changes_the_fan(scheme, mode):
     torch.manual_seed(0)
     layer = nn.Linear(FAN_IN, FAN_OUT)
     apply_init(layer, scheme, mode=mode)
-    assert_moments(layer.weight, expected_variance(scheme, mode=mode))
+    assert_moments(layer.weight, expected_variance(scheme, NULL_GAIN.get(scheme, 1.0), mode=mode))
 
 
 def test_auto_gain_uses_the_activation():
@@ -106,6 +162,7 @@ def test_zeros_never_breaks_symmetry():
     ({"scheme": "xavier", "mode": "fan_mid"}, r"init.mode='fan_mid' is unknown"),
     ({"scheme": "xavier", "bias": "ones"}, r"init.bias='ones' is unknown"),
     ({"scheme": "xavier", "gain": -1}, r"init.gain=-1 is invalid"),
+    ({"scheme": "xavier", "gain": "swish"}, r"init.gain='swish' is invalid.*activation name"),
 ])
 def test_bad_init_values_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

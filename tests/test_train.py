@@ -39,7 +39,7 @@ def test_every_init_and_optim_trains(make_cfg, init, optim):
     "model=mlp", "model.activation=tanh", "model.activation=sigmoid", "model.activation=softsign",
     "model.activation=leaky_relu", "model.activation=elu", "model.dropout=0.5",
     "model.batchnorm=true", "scheduler=none", "scheduler=cosine", "trainer=cpu",
-    "init.gain=auto", "init=xavier init.mode=fan_in", "channels_last=true", "compile=true",
+    "init=xavier init.gain=auto", "init=xavier init.mode=fan_in", "channels_last=true", "compile=true",
     "trainer.precision=bf16-mixed",
 ])
 def test_other_options_train(make_cfg, override):
@@ -73,7 +73,8 @@ def test_unknown_option_lists_the_choices(make_cfg):
     ("data.batch_size=0", r"data.batch_size=0 is invalid: it must be an integer >= 1"),
     ("model.activation=swish", r"model.activation='swish' is not supported; allowed: \["),
     ("l2=-0.1", r"l2=-0.1 is invalid"),
-    ("init.gain=huge", r"init.gain='huge' is invalid"),
+    ("init=xavier init.gain=huge", r"init.gain='huge' is invalid"),
+    ("init.gain=2", r"init.scheme='default' takes no gain"),
 ])
 def test_bad_values_fail_before_training(make_cfg, override, message):
     with pytest.raises(Exception, match=message):  # Hydra wraps constructor errors

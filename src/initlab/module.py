@@ -12,16 +12,18 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-
-def penalized_weights(model: nn.Module) -> list[torch.Tensor]:
-    """Weights of Conv/Linear layers: the L1/L2 penalties leave biases and norms alone."""
-    return [m.weight for m in model.modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+from initlab.utils import weight_layers
 
 
 def build_scheduler(scheduler: Callable, optimizer: torch.optim.Optimizer, total_steps: int):
-    """Complete a partial LR scheduler with what only the run knows (peak LR, step count)."""
-    params = inspect.signature(scheduler.func if hasattr(scheduler, "func") else scheduler).parameters
+    """Complete a partial LR scheduler with what only the run knows (peak LR, step count).
+
+    Only the learning rate is scheduled unless the config says otherwise: torch's OneCycleLR
+    cycles momentum (or Adam's beta1) by default, overwriting what the optimizer was given, so
+    the scheduler configs set ``cycle_momentum: false`` and ``true`` must be asked for.
+    """
+    func = scheduler.func if hasattr(scheduler, "func") else scheduler
+    params = inspect.signature(func).parameters
     extra = {}
     if "max_lr" in params:
         extra["max_lr"] = [group["lr"] for group in optimizer.param_groups]
@@ -29,9 +31,15 @@ def build_scheduler(scheduler: Callable, optimizer: torch.optim.Optimizer, total
         extra["total_steps"] = total_steps
     if "T_max" in params:
         extra["T_max"] = total_steps
-    defaults = optimizer.defaults
-    if "cycle_momentum" in params and "momentum" not in defaults and "betas" not in defaults:
-        extra["cycle_momentum"] = False  # Adagrad has no momentum to cycle
+    given = getattr(scheduler, "keywords", {})
+    if "cycle_momentum" in params and given.get("cycle_momentum") is not False:
+        defaults = optimizer.defaults
+        if "momentum" not in defaults and "betas" not in defaults:
+            raise ValueError(
+                f"scheduler.cycle_momentum=true needs an optimizer with momentum or betas; "
+                f"{type(optimizer).__name__} has neither: set scheduler.cycle_momentum=false")
+        if "cycle_momentum" not in given:
+            extra["cycle_momentum"] = False  # never torch's silent default
     return scheduler(optimizer, **extra)
 
 
@@ -48,7 +56,8 @@ class Classifier(L.LightningModule):
         self.net = torch.compile(model.forward) if compile else model.__call__
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.l1, self.l2 = l1, l2
-        self._penalized = penalized_weights(model)  # the same tensors every step
+        # Conv/Linear weights, the same tensors every step: biases and norms are not penalised
+        self._penalized = [m.weight for m in weight_layers(model).values()]
         self.train_acc = MeanMetric(nan_strategy="disable")
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from initlab.monitors.stats import weight_layers
+from initlab.utils import weight_layers
 
 BLOWUP_NORM = 1e6  # a weight-gradient norm above this counts as blown up
 

@@ -20,12 +20,12 @@ from initlab.checkpointing import (
     check_checkpoint,
     check_output_dir,
 )
-from initlab.data.sources import atomic_write
 from initlab.init import apply_init
 from initlab.module import Classifier
 from initlab.monitors.callbacks import add_layout
 from initlab.robustness import check_corruptions, evaluate_corrupted
 from initlab.status import RunStatus
+from initlab.utils import atomic_write
 
 
 class ConfigError(ValueError):

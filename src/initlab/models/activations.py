@@ -1,8 +1,6 @@
-"""Activation functions by name, and the init gain each one calls for."""
+"""Activation functions by name."""
 
 from __future__ import annotations
-
-import math
 
 from torch import nn
 
@@ -15,18 +13,6 @@ ACTIVATIONS = {
     "elu": nn.ELU,
     "linear": nn.Identity,
 }
-
-# torch.nn.init.calculate_gain where it defines one; softsign and elu get 1 (no standard value).
-GAINS = {
-    "relu": math.sqrt(2.0),
-    "tanh": 5.0 / 3,
-    "sigmoid": 1.0,
-    "softsign": 1.0,
-    "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)),
-    "elu": 1.0,
-    "linear": 1.0,
-}
-
 
 def check_activation(name: str) -> str:
     if name not in ACTIVATIONS:

@@ -14,9 +14,9 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from initlab.data.sources import atomic_write
 from initlab.init import fans
-from initlab.monitors.stats import Probe, probe, weight_layers
+from initlab.monitors.stats import Probe, probe
+from initlab.utils import atomic_write, weight_layers
 
 # stats.py key -> TensorBoard tag ({} = the layer's module name)
 TAGS = {
@@ -173,6 +173,9 @@ class ProbeMonitor(L.Callback):
                                   ("weight_grad", result.weight_grads)):
                 for layer, t in tensors.items():
                     flat = t.detach().flatten()
+                    flat = flat[torch.isfinite(flat)]  # a diverging run: bin what is finite
+                    if flat.numel() == 0:
+                        continue
                     if flat.numel() > HISTOGRAM_SAMPLE:
                         flat = flat[:: math.ceil(flat.numel() / HISTOGRAM_SAMPLE)]
                     logger.experiment.add_histogram(f"hist/{kind}/{layer}", flat.float().cpu(), step)

@@ -15,15 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from initlab.init import fans
+from initlab.utils import weight_layers
 
 SATURATION = 0.97
 QUANTILE_SAMPLE = 1 << 17  # tanh/softsign |a| > 0.97; sigmoid a < 0.03 or a > 0.97
-
-
-def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Conv/Linear layer by its module name (output layer included)."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))}
 
 
 def saturated_fraction(a: torch.Tensor, activation: str) -> torch.Tensor:

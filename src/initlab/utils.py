@@ -1,0 +1,34 @@
+"""Small helpers shared across initlab: atomic file writes and the layers that carry weights."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+WEIGHT_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv/Linear layer by its module name (output layer included): the layers that
+    init schemes set, L1/L2 penalise and the monitors measure."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, WEIGHT_LAYER_TYPES)}
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename: no half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; data files are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
