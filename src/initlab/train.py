@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -21,11 +23,13 @@ from initlab.checkpointing import (
     check_output_dir,
 )
 from initlab.init import apply_init
-from initlab.module import Classifier
+from initlab.module import Classifier, build_scheduler
 from initlab.monitors.callbacks import add_layout
 from initlab.robustness import check_corruptions, evaluate_corrupted
 from initlab.status import RunStatus
 from initlab.utils import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -73,15 +77,25 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
     if cfg.channels_last:  # conv outputs follow the weights' layout (faster on recent GPUs)
         model = model.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optim)
+    scheduler = instantiate_optional(cfg.scheduler)
     try:  # fail now, not at the first step, on values torch rejects (momentum < 0, ...)
-        optimizer(model.parameters())
+        probe_optimizer = optimizer(model.parameters())
     except ValueError as err:
         raise ConfigError(f"optim: {err} (got {OmegaConf.to_container(cfg.optim)})") from err
-    module = Classifier(model, optimizer, instantiate_optional(cfg.scheduler), cfg.l1, cfg.l2,
-                        compile=cfg.compile)
+    if scheduler is not None:
+        try:
+            build_scheduler(scheduler, probe_optimizer, total_steps=1000)
+        except ValueError as err:
+            raise ConfigError(f"scheduler: {err}") from err
+    module = Classifier(model, optimizer, scheduler, cfg.l1, cfg.l2, compile=cfg.compile)
 
     callbacks = [RunStatus(**cfg.status)]
-    callbacks += [instantiate(node) for node in cfg.callbacks.values() if node is not None]
+    for name, node in cfg.callbacks.items():
+        if node is not None and "_target_" not in node:
+            raise ConfigError(f"callbacks.{name} has no _target_: it sets options of a monitor that "
+                              f"the chosen callbacks group does not include ({OmegaConf.to_container(node)})")
+        if node is not None:
+            callbacks.append(instantiate(node))
     logger = instantiate_optional(cfg.logger)
     if logger is not None:
         callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"))
@@ -101,38 +115,37 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
     return datamodule, module, trainer
 
 
-def run(cfg: DictConfig) -> float:
-    """Train and test one configuration; write ``result.json``; return the metric a sweep
-    optimises (test accuracy, or validation accuracy when ``test=false``; NaN if diverged)."""
+def run(cfg: DictConfig, keep_going: bool = False) -> float:
+    """Train and test one configuration; write ``result.json`` whatever happens; return the
+    metric a sweep optimises (test accuracy, or validation accuracy when ``test=false``; NaN
+    if diverged or failed).
+
+    A configuration error raises before training. A crash during training writes
+    ``status: failed`` with the error, then raises, or returns NaN with ``keep_going`` (a
+    multirun: the other jobs go on).
+    """
     start = time.perf_counter()
-    datamodule, module, trainer = build(cfg)
-    status = next(c for c in trainer.callbacks if isinstance(c, RunStatus))
-    if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
-        add_layout(trainer.logger)
+    trainer = status = None
+    metrics: dict[str, float] = {}
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    except SystemExit:  # Lightning ends an interrupted fit with SystemExit
-        if status.status != "interrupted":
+        datamodule, module, trainer = build(cfg)
+    except Exception as err:
+        with contextlib.suppress(OSError):  # an unwritable output folder is the error itself
+            _write_result(cfg, None, None, {}, start, error=err)
+        raise
+    status = next(c for c in trainer.callbacks if isinstance(c, RunStatus))
+    try:
+        metrics = _fit(cfg, trainer, module, datamodule, status, start)
+        if cfg.test and status.status != "diverged":
+            metrics.update(_test(cfg, trainer, module, datamodule))
+        _log_hyperparams(cfg, trainer, metrics)
+    except Exception as err:
+        metrics.update(_metrics_to_floats(trainer.callback_metrics))
+        _write_result(cfg, trainer, status, metrics, start, error=err)
+        if not keep_going:
             raise
-        _write_result(cfg, trainer, status, _metrics_to_floats(trainer.callback_metrics), start)
-        raise SystemExit(status.exit_code) from None
-    metrics = _metrics_to_floats(trainer.callback_metrics)
-    if cfg.test and status.status != "diverged":
-        metrics.update(_metrics_to_floats(trainer.test(module, datamodule=datamodule, verbose=False)[0]))
-        if cfg.robustness and trainer.is_global_zero:
-            corrupted = evaluate_corrupted(module, datamodule, cfg.robustness, seed=cfg.seed)
-            for logger in trainer.loggers:
-                logger.log_metrics(corrupted, step=trainer.global_step)
-            metrics.update(corrupted)
-    if trainer.logger is not None:
-        params = OmegaConf.to_container(cfg, resolve=True)
-        for key in ("checkpoint", "progress_bar", "logger", "output_dir"):
-            params.pop(key, None)
-        trainer.logger.log_hyperparams(params, metrics={k: v for k, v in metrics.items()
-                                                        if k.startswith(("test", "val/"))})
-        trainer.logger.finalize("success")
-        if hasattr(trainer.logger, "close"):
-            trainer.logger.close()
+        log.exception("run failed; the sweep goes on (result.json: status failed)")
+        return math.nan
     key = "test/acc" if cfg.test else "val/acc"
     score = math.nan if status.status == "diverged" else metrics.get(key, math.nan)
     _write_result(cfg, trainer, status, metrics, start, key, score)
@@ -143,14 +156,60 @@ def run(cfg: DictConfig) -> float:
     return score
 
 
-def _write_result(cfg, trainer, status: RunStatus, metrics: dict[str, float], start: float,
-                  key: str | None = None, score: float = math.nan) -> None:
-    """``result.json`` next to the events (rank 0): status, metrics, steps, wall time."""
-    if not trainer.is_global_zero:
+def _fit(cfg, trainer, module, datamodule, status: RunStatus, start: float) -> dict[str, float]:
+    """trainer.fit; an interrupted fit (Ctrl-C, SIGTERM) writes result.json and exits."""
+    if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
+        add_layout(trainer.logger)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except SystemExit:  # Lightning ends an interrupted fit with SystemExit
+        if status.status != "interrupted":
+            raise
+        _write_result(cfg, trainer, status, _metrics_to_floats(trainer.callback_metrics), start)
+        raise SystemExit(status.exit_code) from None
+    return _metrics_to_floats(trainer.callback_metrics)
+
+
+def _test(cfg, trainer, module, datamodule) -> dict[str, float]:
+    """Test-set metrics, and accuracy on the corrupted copies when ``robustness`` is set."""
+    metrics = _metrics_to_floats(trainer.test(module, datamodule=datamodule, verbose=False)[0])
+    if cfg.robustness and trainer.is_global_zero:
+        corrupted = evaluate_corrupted(module, datamodule, cfg.robustness, seed=cfg.seed)
+        for logger in trainer.loggers:
+            logger.log_metrics(corrupted, step=trainer.global_step)
+        metrics.update(corrupted)
+    return metrics
+
+
+def _log_hyperparams(cfg, trainer, metrics: dict[str, float]) -> None:
+    """The HParams tab: the run's config with its final metrics; then close the events file."""
+    if trainer.logger is None:
         return
-    result = {**status.summary(), "metric": key,
+    params = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("checkpoint", "progress_bar", "logger", "output_dir"):
+        params.pop(key, None)
+    trainer.logger.log_hyperparams(params, metrics={k: v for k, v in metrics.items()
+                                                    if k.startswith(("test", "val/"))})
+    trainer.logger.finalize("success")
+    if hasattr(trainer.logger, "close"):
+        trainer.logger.close()
+
+
+def _write_result(cfg, trainer, status: RunStatus | None, metrics: dict[str, float], start: float,
+                  key: str | None = None, score: float = math.nan,
+                  error: BaseException | None = None) -> None:
+    """``result.json`` next to the events (rank 0): status, metrics, steps, wall time; a run
+    that raised is ``failed`` with the error."""
+    if trainer is not None and not trainer.is_global_zero:
+        return
+    summary = status.summary() if status is not None else {"status": "ok"}
+    if error is not None:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(error).__name__}: {error}"
+    result = {**summary, "metric": key,
               "score": score if math.isfinite(score) else None,
-              "steps": trainer.global_step, "epochs": trainer.current_epoch,
+              "steps": trainer.global_step if trainer is not None else 0,
+              "epochs": trainer.current_epoch if trainer is not None else 0,
               "wall_time_s": time.perf_counter() - start,
               "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)}}
     atomic_write(Path(cfg.output_dir) / "result.json",
