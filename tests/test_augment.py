@@ -43,6 +43,21 @@ def test_same_seed_same_batch_other_seed_other_batch():
     assert not torch.equal(first_a, a(x))  # the stream moves on between batches
 
 
+def test_each_epoch_and_rank_restarts_its_own_stream():
+    x = digits()
+
+    def first_batch(seed, epoch, rank):
+        augment = Augment(noise_std=0.2, skew_degrees=20, seed=seed)
+        augment(x)  # draws made before the epoch starts (the example grid) change nothing
+        augment.set_epoch(epoch, rank)
+        return augment(x)
+
+    assert torch.equal(first_batch(5, 1, 0), first_batch(5, 1, 0))
+    draws = [first_batch(seed, epoch, rank) for seed in (5, 6) for epoch in (0, 1)
+             for rank in (0, 1)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(draws) for b in draws[i + 1:])
+
+
 def test_zero_skew_and_zero_noise_are_identities():
     x = torch.rand(16, 1, 28, 28)
     assert torch.equal(Augment(skew_degrees=0.0)(x), x)

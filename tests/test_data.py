@@ -58,6 +58,20 @@ def test_order_depends_on_seed_and_epoch_only():
     assert order(0, 0) == order(0, 0)
     assert order(0, 0) != order(0, 1)
     assert order(0, 0) != order(1, 0)
+    # no seed's epoch replays another seed's epoch (seed + epoch once did exactly that)
+    orders = [order(seed, epoch) for seed in range(4) for epoch in range(4)]
+    assert len({tuple(o) for o in orders}) == len(orders)
+
+
+def test_resume_at_skips_the_trained_batches_in_the_same_order():
+    x, y = torch.zeros(100, 28, 28, dtype=torch.uint8), torch.arange(100)
+    for skip in (0, 3, 9, 10):
+        batches = Batches(x, y, 10, lambda t: t, shuffle=True, seed=2, epoch=lambda: 1)
+        full = [b[1] for b in batches]
+        assert len(full) == 10
+        batches.resume_at = lambda skip=skip: skip
+        assert len(batches) == 10  # Lightning counts the whole epoch; it resumes its count too
+        assert [b[1].tolist() for b in batches] == [b.tolist() for b in full[skip:]]
 
 
 @pytest.mark.parametrize("shuffle", [True, False])

@@ -22,7 +22,7 @@ def test_two_process_ddp_run(tiny_data, tmp_path):
         [sys.executable, str(ROOT / "scripts/train.py"), "trainer=ddp", "trainer.accelerator=cpu",
          f"hydra.run.dir={out}", f"data.data_dir={tiny_data}", "data.verify=false",
          "data.sources=[local]", "data.batch_size=16", "data.eval_batch_size=30",
-         "model.channels=[4,8]", "model.hidden=16", "trainer.max_epochs=2",
+         "model.channels=[4,8]", "model.hidden=16", "trainer.max_epochs=2", "model.dropout=0.3",
          "trainer.enable_progress_bar=false", "callbacks=default", "robustness=null",
          "status.stall_accuracy=0"],
         capture_output=True, text=True, timeout=600)
@@ -38,7 +38,11 @@ def test_two_process_ddp_run(tiny_data, tmp_path):
     dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, sources=["local"])
     dm.setup()
     model = CNN(channels=(4, 8), hidden=16)
-    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    # each rank draws its own dropout masks, and each rank's stream is saved for a resume
+    rng = checkpoint["rng_states_per_rank"]["torch"]
+    assert rng.shape[0] == 2 and not torch.equal(rng[0], rng[1])
+    state = checkpoint["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
                            if k.startswith("model.")})
     model.eval()

@@ -53,6 +53,95 @@ def test_resume_ends_like_an_uninterrupted_run(make_cfg, tmp_path):
     assert [k for k in wa if not torch.allclose(wa[k], wb[k], atol=1e-6)] == []
 
 
+class InterruptAtStep(L.Callback):
+    """Ctrl-C after ``step`` optimizer steps, as a user or a scheduler would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+class RecordBatches(L.Callback):
+    def __init__(self):
+        self.labels = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.labels.append(batch[1].tolist())
+
+
+# 3 steps an epoch: interrupted mid-epoch (1, 4) and at an epoch's last step (3)
+@pytest.mark.parametrize("interrupt_at", [1, 3, 4])
+def test_resume_from_any_step_continues_exactly(make_cfg, tmp_path, interrupt_at):
+    common = ["seed=3", "model.dropout=0.3", "augment=noise_skew", "optim=adam",
+              "scheduler=onecycle", "trainer.deterministic=true", "robustness=null",
+              "trainer.max_epochs=3", "status.stall_accuracy=0"]
+    full = tmp_path / "full"
+    datamodule, module, trainer = build(make_cfg(*common, f"output_dir={full}", outputs=True))
+    seen = RecordBatches()
+    trainer.callbacks.append(seen)
+    trainer.fit(module, datamodule=datamodule)
+
+    first = tmp_path / "first"
+    datamodule, module, trainer = build(make_cfg(*common, f"output_dir={first}", outputs=True))
+    before = RecordBatches()
+    trainer.callbacks += [before, InterruptAtStep(interrupt_at)]
+    with pytest.raises(SystemExit):
+        trainer.fit(module, datamodule=datamodule)
+    ckpt = first / "checkpoints" / "interrupted.ckpt"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == interrupt_at
+
+    resumed = tmp_path / "resumed"
+    datamodule, module, trainer = build(make_cfg(*common, f"output_dir={resumed}",
+                                                 f"ckpt_path={ckpt}", outputs=True))
+    after = RecordBatches()
+    trainer.callbacks.append(after)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt))
+    # the same batches in the same order, none repeated, none skipped
+    assert before.labels[:interrupt_at] + after.labels == seen.labels
+    wa = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
+    wb = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert [k for k in wa["state_dict"] if not torch.allclose(wa["state_dict"][k],
+                                                              wb["state_dict"][k], atol=1e-6)] == []
+    status = "RunStatus"
+    assert wa["callbacks"][status]["best_val_acc"] == wb["callbacks"][status]["best_val_acc"]
+
+
+class RecordValAcc(L.Callback):
+    def __init__(self):
+        self.at_start, self.accs = None, []
+
+    def on_train_start(self, trainer, pl_module):
+        status = next(c for c in trainer.callbacks if c.__class__.__name__ == "RunStatus")
+        self.at_start = status.best_val_acc
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self.accs.append(float(trainer.callback_metrics["val/acc"]))
+
+
+def test_run_status_survives_a_resume(make_cfg, tmp_path):
+    """The best validation accuracy (and so the stall verdict) counts epochs before a resume."""
+    common = ["status.stall_accuracy=0", "optim=sgd", "optim.lr=0.5", "scheduler=none"]
+    first = tmp_path / "first"
+    datamodule, module, trainer = build(make_cfg(*common, "trainer.max_epochs=2",
+                                                 f"output_dir={first}", outputs=True))
+    before = RecordValAcc()
+    trainer.callbacks.append(before)
+    trainer.fit(module, datamodule=datamodule)
+    ckpt = first / "checkpoints" / "last.ckpt"
+    datamodule, module, trainer = build(make_cfg(*common, "trainer.max_epochs=4",
+                                                 f"output_dir={tmp_path / 'resumed'}", outputs=True))
+    after = RecordValAcc()
+    trainer.callbacks.append(after)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt))
+    status = next(c for c in trainer.callbacks if c.__class__.__name__ == "RunStatus")
+    assert len(before.accs) == 2 and len(after.accs) == 2
+    assert after.at_start == max(before.accs)
+    assert status.best_val_acc == max(before.accs + after.accs)
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
 def test_bad_checkpoint_is_a_clear_error(make_cfg, tmp_path, content):
     good = tmp_path / "good"

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from initlab.utils import weight_layers
+from initlab.utils import DROPOUT, stream_seed, weight_layers
 
 
 def build_scheduler(scheduler: Callable, optimizer: torch.optim.Optimizer, total_steps: int):
@@ -45,7 +45,8 @@ def build_scheduler(scheduler: Callable, optimizer: torch.optim.Optimizer, total
 
 class Classifier(L.LightningModule):
     def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
-                 l1: float = 0.0, l2: float = 0.0, num_classes: int = 10, compile: bool = False):
+                 l1: float = 0.0, l2: float = 0.0, num_classes: int = 10, compile: bool = False,
+                 seed: int = 0):
         super().__init__()
         for name, value in (("l1", l1), ("l2", l2)):
             if value < 0:
@@ -55,7 +56,7 @@ class Classifier(L.LightningModule):
         # Bound methods, not modules, so the weights are registered (and saved) once.
         self.net = torch.compile(model.forward) if compile else model.__call__
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.l1, self.l2 = l1, l2
+        self.l1, self.l2, self.seed = l1, l2, seed
         # Conv/Linear weights, the same tensors every step: biases and norms are not penalised
         self._penalized = [m.weight for m in weight_layers(model).values()]
         self.train_acc = MeanMetric(nan_strategy="disable")
@@ -106,18 +107,39 @@ class Classifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, "test", self.test_acc)
 
+    def on_fit_start(self) -> None:
+        # seed_everything gave every DDP rank the same stream: give each rank its own dropout
+        # masks (a resumed run restores them from the checkpoint instead)
+        if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:
+            torch.manual_seed(stream_seed(self.seed, DROPOUT, self.trainer.global_rank))
+
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Dropout masks and other draws continue exactly after a resume.
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        # Dropout masks and other draws continue exactly after a resume, on every rank (this
+        # hook runs on every rank; rank 0 writes the file).
+        state = self._rng_state()
+        if self.trainer.world_size > 1:
+            state = {k: self.all_gather(v.to(self.device)).cpu() for k, v in state.items()}
+            checkpoint["rng_states_per_rank"] = state
+        else:
+            checkpoint["rng_states"] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        states = checkpoint.get("rng_states", {})
+        if "rng_states_per_rank" in checkpoint:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            states = {k: v[rank] for k, v in checkpoint["rng_states_per_rank"].items()}
+        else:
+            states = checkpoint.get("rng_states", {})
         if "torch" in states:
             torch.set_rng_state(states["torch"])
         if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+            torch.cuda.set_rng_state(states["cuda"], self.device if self.device.type == "cuda"
+                                     else None)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model.parameters())

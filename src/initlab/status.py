@@ -94,6 +94,19 @@ class RunStatus(L.Callback):
         else:
             self.diverged_step = trainer.global_step
 
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: a resumed run keeps its best accuracy and its verdicts."""
+        return {"status": self.status, "diverged_step": self.diverged_step,
+                "diverged_layer": self.diverged_layer, "best_val_acc": self.best_val_acc,
+                "first_blowup": dict(self._first_blowup)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.status = state_dict["status"] if state_dict["status"] != "interrupted" else "ok"
+        self.diverged_step = state_dict["diverged_step"]
+        self.diverged_layer = state_dict["diverged_layer"]
+        self.best_val_acc = state_dict["best_val_acc"]
+        self._first_blowup = dict(state_dict["first_blowup"])
+
     def summary(self) -> dict:
         return {"status": self.status, "diverged_step": self.diverged_step,
                 "diverged_layer": self.diverged_layer,

@@ -45,6 +45,9 @@ def instantiate_optional(node: Any) -> Any:
 
 def check_config(cfg: DictConfig) -> None:
     """Check the values that would otherwise fail late or obscurely."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r} is invalid: it must be an integer >= 0")
     lr = cfg.optim.get("lr")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise ConfigError(f"optim.lr={lr!r} is invalid: it must be a number > 0")
@@ -87,7 +90,8 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
             build_scheduler(scheduler, probe_optimizer, total_steps=1000)
         except ValueError as err:
             raise ConfigError(f"scheduler: {err}") from err
-    module = Classifier(model, optimizer, scheduler, cfg.l1, cfg.l2, compile=cfg.compile)
+    module = Classifier(model, optimizer, scheduler, cfg.l1, cfg.l2, compile=cfg.compile,
+                        seed=cfg.seed)
 
     callbacks = [RunStatus(**cfg.status)]
     for name, node in cfg.callbacks.items():

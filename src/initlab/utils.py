@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 WEIGHT_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -32,3 +33,15 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# What a derived random stream is for: one run seed, independent streams.
+DATA_ORDER, AUGMENTATION, DROPOUT = 0, 1, 2
+
+
+def stream_seed(seed: int, purpose: int, *keys: int) -> int:
+    """A 63-bit seed for one stream (``purpose``, then e.g. epoch and rank) of the run ``seed``:
+    distinct inputs give independent streams (numpy's SeedSequence hashing), so seed s at epoch
+    1 never replays seed s+1 at epoch 0."""
+    words = np.random.SeedSequence([seed, purpose, *keys]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])

@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from initlab.utils import AUGMENTATION, stream_seed
+
 
 class Augment:
     """Per-image random parameters drawn from a seeded generator, so a run is reproducible.
@@ -43,7 +45,7 @@ class Augment:
         self.noise_std, self.skew_degrees = float(noise_std), float(skew_degrees)
         self.rotate_degrees, self.translate, self.scale = (float(rotate_degrees),
                                                            float(translate), float(scale))
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.rank = seed, 0, 0
         self._generator: torch.Generator | None = None
         self._offsets: torch.Generator | None = None
         self._bank: torch.Tensor | None = None
@@ -58,14 +60,14 @@ class Augment:
     def has_affine(self) -> bool:
         return bool(self.skew_degrees or self.rotate_degrees or self.translate or self.scale)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Restart the random stream at (seed, epoch), so a resumed run draws what it would have."""
-        if epoch != self.epoch:
-            self.epoch, self._generator = epoch, None
+    def set_epoch(self, epoch: int, rank: int = 0) -> None:
+        """Restart the random stream at (seed, epoch, rank): a resumed run draws what it would
+        have, and each DDP rank draws its own."""
+        self.epoch, self.rank, self._generator = epoch, rank, None
 
     def _gen(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
-            seed = self.seed * 1_000_003 + self.epoch
+            seed = stream_seed(self.seed, AUGMENTATION, self.epoch, self.rank)
             self._generator = torch.Generator(device=device).manual_seed(seed)
             self._offsets = torch.Generator().manual_seed(seed)
             self._bank = None

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from initlab.data.sources import MNIST_MD5, SOURCES, DataError, ensure_mnist
+from initlab.utils import DATA_ORDER, stream_seed
 
 MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics in [0, 1]
 NUM_TRAIN, NUM_VAL = 55_000, 5_000
@@ -45,24 +46,28 @@ class Batches:
 
     ``x`` is stored as uint8 and turned into float in [0, 1] per batch, then passed through
     ``transform`` (augmentation, normalisation) on whatever device the tensors live on.
-    Shuffling uses a generator seeded with ``seed + epoch`` so the order is reproducible and a
-    resumed run sees the same order. Under DDP each rank takes every ``world_size``-th example.
+    Shuffling draws the order from the stream (``seed``, epoch), so the order is reproducible, a
+    resumed run sees the same order and no seed replays another seed's epoch. Under DDP each
+    rank takes every ``world_size``-th example. ``resume_at()`` is the number of this epoch's
+    batches already trained (a mid-epoch resume): those are skipped, their transforms still
+    drawn so augmentation continues exactly.
     """
 
     def __init__(self, images, labels, batch_size: int, transform: Callable, shuffle=False,
                  seed=0, rank=0, world_size=1,
                  epoch: Callable[[], int] = lambda: 0,
-                 on_epoch: Callable[[int], None] | None = None):
+                 on_epoch: Callable[[int], None] | None = None,
+                 resume_at: Callable[[], int] = lambda: 0):
         self.images, self.labels = images, labels
         self.batch_size, self.transform = batch_size, transform
         self.shuffle, self.seed = shuffle, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.on_epoch = epoch, on_epoch
+        self.epoch, self.on_epoch, self.resume_at = epoch, on_epoch, resume_at
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
         if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch())
+            gen = torch.Generator().manual_seed(stream_seed(self.seed, DATA_ORDER, self.epoch()))
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
@@ -84,9 +89,12 @@ class Batches:
         if self.on_epoch is not None:
             self.on_epoch(self.epoch())
         order = self._indices()
-        for start in range(0, len(order), self.batch_size):
+        skip = self.resume_at()
+        for i, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start: start + self.batch_size]
-            yield self.transform(to_unit(self.images[idx])), self.labels[idx]
+            x = self.transform(to_unit(self.images[idx]))
+            if i >= skip:
+                yield x, self.labels[idx]
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -182,9 +190,21 @@ class MNISTDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
             epoch=(lambda: trainer.current_epoch) if train and trainer is not None else (lambda: 0),
-            # augmentation draws restart from (seed, epoch): a resumed run sees the same ones
-            on_epoch=self.augment.set_epoch if train and self.augmenting else None,
+            # augmentation draws restart from (seed, epoch, rank): a resumed run sees the same ones
+            on_epoch=self._start_augment_epoch if train and self.augmenting else None,
+            resume_at=self._batches_already_trained if train else (lambda: 0),
         )
+
+    def _start_augment_epoch(self, epoch: int) -> None:
+        self.augment.set_epoch(epoch, rank=self.trainer.global_rank if self.trainer else 0)
+
+    def _batches_already_trained(self) -> int:
+        """On the first pass after a mid-epoch checkpoint, Lightning resumes its batch count at
+        the batches it had trained; the data must resume there too (0 otherwise)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.fit_loop.restarting:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     @property
     def augmenting(self) -> bool:
