@@ -6,6 +6,7 @@ import gzip
 import hashlib
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 
 from initlab.data.sources import idx_bytes
@@ -42,3 +43,15 @@ def write_tiny_mnist(root: Path, n_train: int = 600, n_test: int = 200, gz: bool
         else:
             (raw / name).write_bytes(data)
     return md5
+
+
+class CrashAtStep(L.Callback):
+    """A crash inside training (not a configuration error) at optimizer step ``step``; None:
+    never. Named by ``_target_`` in the tests' sweeps."""
+
+    def __init__(self, step: int | None = None):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.step is not None and trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash at step {self.step}")

@@ -25,6 +25,32 @@ def test_diverged_run_stops_early_and_says_where(make_cfg, tmp_path):
     assert 0 <= result["diverged_step"] <= result["steps"] < 15  # stopped long before 5 epochs
 
 
+@pytest.mark.parametrize("model", ["cnn", "mlp"])
+@pytest.mark.parametrize("every", [1, 3, 7])
+def test_divergence_at_any_monitor_cadence_ends_diverged(make_cfg, tmp_path, model, every):
+    """Probe, histograms, Jacobians, update ratio and the status check at cadences that do and
+    do not land on the divergence step: the run still ends diverged with a result.json."""
+    # ReLU: unbounded activations (a tanh MLP saturates and stays finite at any step size)
+    cfg = make_cfg(f"model={model}", "model.activation=relu", "optim=sgd", "optim.lr=1e12",
+                   "scheduler=none",
+                   "trainer.max_epochs=4", "callbacks=glorot", "robustness=null",
+                   f"status.check_every_n_steps={every}", f"callbacks.probe.every_n_steps={every}",
+                   f"callbacks.probe.histogram_every_n_steps={every}",
+                   f"callbacks.probe.jacobian_every_n_steps={every}",
+                   f"callbacks.update_ratio.every_n_steps={every}", outputs=True)
+    assert math.isnan(run(cfg))
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "diverged", result
+    assert result["diverged_layer"] is not None and result["diverged_step"] <= result["steps"]
+    # the first non-finite step is exact whatever the cadence: a run checked every step agrees
+    reference = make_cfg(f"model={model}", "model.activation=relu", "optim=sgd", "optim.lr=1e12",
+                         "scheduler=none", "trainer.max_epochs=4", "robustness=null",
+                         "status.check_every_n_steps=1", f"output_dir={tmp_path / 'reference'}")
+    run(reference)
+    expected = json.loads((tmp_path / "reference" / "result.json").read_text())
+    assert result["diverged_step"] == expected["diverged_step"]
+
+
 def test_stalled_run_is_marked(make_cfg, tmp_path):
     score = run(make_cfg("init=zeros", "optim=sgd", "optim.lr=0.01", "status.stall_accuracy=0.5"))
     result = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -40,27 +66,79 @@ def test_healthy_run_result(make_cfg, tmp_path):
     assert result["score"] == result["metrics"]["test/acc"]
 
 
-def test_multirun_survives_divergence_and_exits_zero(tiny_data, tmp_path):
+def sweep_args(tiny_data, sweep, *overrides):
+    return [sys.executable, str(ROOT / "scripts/train.py"), "-m", f"hydra.sweep.dir={sweep}",
+            f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
+            "data.train_samples=96", "data.batch_size=32", "model.channels=[4,8]",
+            "model.hidden=16", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+            "robustness=null", *overrides]
+
+
+def jobs(sweep):
+    for job in sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name)):
+        yield OmegaConf.load(job / ".hydra" / "config.yaml"), json.loads(
+            (job / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_multirun_of_diverged_stalled_and_healthy_jobs_exits_zero_and_is_reported(tiny_data,
+                                                                                 tmp_path):
+    """With the default and the glorot monitors (histograms and Jacobians on), a diverging job
+    ends diverged, the sweep runs every job and exits 0, and the report marks each status."""
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "-m", "init=zeros,xavier",
-         "optim=sgd", "optim.lr=1e12,0.01", "scheduler=none", f"hydra.sweep.dir={sweep}",
-         f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
-         "data.train_samples=96", "data.batch_size=32", "model.channels=[4,8]", "model.hidden=16",
-         "trainer.accelerator=cpu", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-         "status.check_every_n_steps=1", "callbacks=none", "logger=none", "checkpoint=null",
-         "robustness=null"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        sweep_args(tiny_data, sweep, "init=zeros,xavier", "optim=sgd", "optim.lr=1e12,0.05",
+                   "scheduler=none", "callbacks=default,glorot", "trainer.max_epochs=3",
+                   "status.check_every_n_steps=2", "status.stall_accuracy=0.5",
+                   "callbacks.probe.every_n_steps=1", "callbacks.probe.histogram_every_n_steps=1",
+                   "callbacks.probe.jacobian_every_n_steps=2"),
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     statuses = {}
-    for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
-        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-        statuses[(cfg.init.scheme == "zeros", cfg.optim.lr > 1)] = json.loads(
-            (job / "result.json").read_text())["status"]
-    assert len(statuses) == 4
-    assert statuses[(False, True)] == "diverged"
-    # zeros: every unit stays identical; a huge step only inflates the output bias (finite)
-    assert statuses[(True, False)] == statuses[(True, True)] == "stalled"
+    for cfg, result in jobs(sweep):
+        key = (cfg.init.scheme, cfg.optim.lr > 1, "glorot" if cfg.callbacks.probe.every_n_steps
+               == 1 and cfg.callbacks.update_ratio.every_n_steps == 50 else "default")
+        statuses[key] = result["status"]
+    assert len(statuses) == 8
+    for monitors in ("default", "glorot"):
+        assert statuses[("xavier", True, monitors)] == "diverged"
+        assert statuses[("xavier", False, monitors)] == "ok"
+        # zeros: every unit stays identical; a huge step only inflates the output bias (finite)
+        assert statuses[("zeros", False, monitors)] == "stalled"
+    report = subprocess.run([sys.executable, str(ROOT / "scripts/report.py"), str(sweep)],
+                            capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (sweep / "report.md").read_text()
+    for mark in ("**(some runs diverged)**", "**(some runs stalled)**", "| ok |", "diverged (step"):
+        assert mark in text
+
+
+def test_a_crashed_job_is_recorded_failed_and_the_sweep_goes_on(tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        sweep_args(tiny_data, sweep, "callbacks=none", "logger=none", "checkpoint=null",
+                   "trainer.max_epochs=2", "+callbacks.crash._target_=tests.helpers.CrashAtStep",
+                   "+callbacks.crash.step=2,null"),
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (crashed_cfg, crashed), (_, healthy) = jobs(sweep)
+    assert crashed_cfg.callbacks.crash.step == 2
+    assert crashed["status"] == "failed" and crashed["score"] is None
+    assert crashed["error"] == "RuntimeError: simulated crash at step 2" and crashed["steps"] == 2
+    assert healthy["status"] in ("ok", "stalled") and healthy["steps"] == 6
+    # the traceback is in the job's log
+    assert "RuntimeError: simulated crash at step 2" in (sweep / "0" / "train.log").read_text()
+
+
+def test_a_crash_in_a_single_run_raises_after_writing_result(make_cfg, tmp_path):
+    cfg = make_cfg("+callbacks.crash._target_=tests.helpers.CrashAtStep",
+                   "+callbacks.crash.step=1")
+    with pytest.raises(RuntimeError, match="simulated crash at step 1"):
+        run(cfg)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "failed" and "simulated crash" in result["error"]
+    assert math.isnan(run(cfg, keep_going=True))  # a sweep's job returns NaN and goes on
 
 
 def test_config_errors_still_fail_a_sweep(tiny_data, tmp_path):

@@ -19,10 +19,12 @@ class RunStatus(L.Callback):
     its best validation accuracy stays below ``stall_accuracy``; ``interrupted`` on Ctrl-C or
     SIGTERM.
 
-    Every step costs one device op (the loss's finiteness is folded into a flag); the host looks
-    at the flag, and at each layer's weight-gradient norm, every ``check_every_n_steps`` steps.
-    A diverged run names the first checked step at which a layer's gradient norm was non-finite
-    or above 1e6, and that layer (the input-most one on a tie).
+    Every step costs a few device ops (the index of the first step whose loss was not finite
+    is kept on the device); the host reads it, and each layer's weight-gradient norm, every
+    ``check_every_n_steps`` steps and at the end. A diverged run records ``diverged_step`` (the
+    first step whose loss was not finite, exact at any cadence), ``diverged_layer`` (the
+    input-most layer whose weight-gradient norm was first seen non-finite or above 1e6) and
+    ``blowup_step`` (the step at which that was seen: checked steps, and the step it stopped).
     """
 
     def __init__(self, check_every_n_steps: int = 50, stall_accuracy: float = 0.2):
@@ -31,10 +33,12 @@ class RunStatus(L.Callback):
         self.status = "ok"
         self.diverged_step: int | None = None
         self.diverged_layer: str | None = None
+        self.blowup_step: int | None = None
         self.best_val_acc = -math.inf
         self.exit_code = 0
         self._first_blowup: dict[str, int] = {}
-        self._loss_ok: torch.Tensor | None = None
+        self._step: torch.Tensor | None = None  # this batch's step index, on the device
+        self._first_bad: torch.Tensor | None = None  # first step with a non-finite loss, or -1
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._layers = weight_layers(pl_module.model)
@@ -42,9 +46,7 @@ class RunStatus(L.Callback):
     def _due(self, trainer) -> bool:
         return trainer.global_step % self.check_every_n_steps == 0
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not self._due(trainer):
-            return
+    def _record_blowups(self, step: int) -> None:
         grads = [m.weight.grad for m in self._layers.values()]
         if any(g is None for g in grads):
             return
@@ -52,12 +54,21 @@ class RunStatus(L.Callback):
         blown = (~torch.isfinite(norms) | (norms > BLOWUP_NORM)).tolist()
         for name, is_blown in zip(self._layers, blown):
             if is_blown:
-                self._first_blowup.setdefault(name, trainer.global_step)
+                self._first_blowup.setdefault(name, step)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self._due(trainer):
+            self._record_blowups(trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        ok = torch.isfinite(loss.detach())
-        self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
+        bad = ~torch.isfinite(loss.detach())
+        if self._step is None:  # one transfer at the start; then device ops only
+            self._step = torch.tensor(trainer.global_step - 1, device=bad.device)
+            self._first_bad = torch.tensor(-1, device=bad.device)
+        else:
+            self._step += 1
+        self._first_bad = torch.where(bad & (self._first_bad < 0), self._step, self._first_bad)
         if self._due(trainer):
             self._check(trainer)
 
@@ -81,33 +92,36 @@ class RunStatus(L.Callback):
             self.best_val_acc = max(self.best_val_acc, float(acc))
 
     def _check(self, trainer) -> None:
-        if self.status == "diverged" or self._loss_ok is None:
+        if self.status == "diverged" or self._first_bad is None:
             return
+        first_bad = int(self._first_bad)
         # every rank takes the same decision (a collective only on check steps)
-        if not trainer.strategy.reduce_boolean_decision(not bool(self._loss_ok), all=False):
+        if not trainer.strategy.reduce_boolean_decision(first_bad >= 0, all=False):
             return
         self.status = "diverged"
         trainer.should_stop = True
+        self.diverged_step = first_bad if first_bad >= 0 else None
+        if not self._first_blowup:  # not seen on a checked step: the last batch's gradients
+            self._record_blowups(trainer.global_step - 1)
         if self._first_blowup:  # dicts keep insertion order: ties go to the input side
             self.diverged_layer = min(self._first_blowup, key=self._first_blowup.get)
-            self.diverged_step = self._first_blowup[self.diverged_layer]
-        else:
-            self.diverged_step = trainer.global_step
+            self.blowup_step = self._first_blowup[self.diverged_layer]
 
     def state_dict(self) -> dict:
         """Saved in checkpoints: a resumed run keeps its best accuracy and its verdicts."""
         return {"status": self.status, "diverged_step": self.diverged_step,
-                "diverged_layer": self.diverged_layer, "best_val_acc": self.best_val_acc,
-                "first_blowup": dict(self._first_blowup)}
+                "diverged_layer": self.diverged_layer, "blowup_step": self.blowup_step,
+                "best_val_acc": self.best_val_acc, "first_blowup": dict(self._first_blowup)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.status = state_dict["status"] if state_dict["status"] != "interrupted" else "ok"
         self.diverged_step = state_dict["diverged_step"]
         self.diverged_layer = state_dict["diverged_layer"]
+        self.blowup_step = state_dict["blowup_step"]
         self.best_val_acc = state_dict["best_val_acc"]
         self._first_blowup = dict(state_dict["first_blowup"])
 
     def summary(self) -> dict:
         return {"status": self.status, "diverged_step": self.diverged_step,
-                "diverged_layer": self.diverged_layer,
+                "diverged_layer": self.diverged_layer, "blowup_step": self.blowup_step,
                 "best_val_acc": self.best_val_acc if math.isfinite(self.best_val_acc) else None}

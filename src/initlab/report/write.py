@@ -56,6 +56,7 @@ def _table1_markdown(rows: list[dict]) -> list[str]:
         status = ", ".join(f"{k}: {v}" for k, v in sorted(row["counts"].items()))
         flag = " **(some runs diverged)**" if row["counts"].get("diverged") else ""
         flag += " **(some runs stalled)**" if row["counts"].get("stalled") else ""
+        flag += " **(some runs failed)**" if row["counts"].get("failed") else ""
         flag += " *(partial: runs still going)*" if row["counts"].get("running") else ""
         paper = f"{row['paper'][0]}: {row['paper'][1]:.2f}" if row["paper"] else "-"
         lines.append(f"| {row['label']} | {err}{flag} | {row['n']} | {status} | {paper} |")
@@ -219,6 +220,8 @@ def write_report(root: str | Path, runs: list[Run]) -> Path:
         where = ""
         if res.get("status") == "diverged":
             where = f" (step {res.get('diverged_step')}, layer {res.get('diverged_layer')})"
+        elif res.get("status") == "failed":
+            where = f" ({str(res.get('error', '')).splitlines()[0][:120]})"
         lines.append(f"| {run.path.relative_to(root) if run.path != root else '.'} | {run.label} "
                      f"| {run.seed} | {run.status}{where} | {_fmt(res.get('score'))} "
                      f"| {res.get('steps', '-')} | {_fmt(res.get('wall_time_s'), 3)} |")
