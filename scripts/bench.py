@@ -32,7 +32,7 @@ from initlab.data.mnist import MEAN, STD, to_unit
 from initlab.data.sources import idx_bytes
 from initlab.init import apply_init
 from initlab.train import build
-from initlab.utils import atomic_write
+from initlab.utils import DATA_ORDER, atomic_write, stream_seed
 
 ROOT = project_root()
 SPREAD_WARNING = 0.10
@@ -121,7 +121,8 @@ def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
         torch.manual_seed(cfg.seed)
         model = instantiate(cfg.model)
         optimizer = instantiate(cfg.optim)(model.parameters())
-        return raw_loop(model, optimizer, None, images, labels, cfg.data.batch_size, steps, cfg.seed)
+        return raw_loop(model, optimizer, None, images, labels, cfg.data.batch_size, steps,
+                        stream_seed(cfg.seed, DATA_ORDER, 0))
 
     variants = {"raw": raw}
     variants.update({name: (lambda c=cfg: initlab_fit(c, datamodule)[0]) for name, cfg in cfgs.items()})
@@ -220,10 +221,11 @@ def case_speedrun(args, data_dir: Path, out: Path) -> dict:
         if cfg.trainer.max_steps > 0:
             per_epoch, epochs = min(per_epoch, cfg.trainer.max_steps), 1
         scheduler = OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=per_epoch * epochs,
-                               pct_start=cfg.scheduler.pct_start)
-        # the data module's order: a permutation seeded with seed + epoch
+                               pct_start=cfg.scheduler.pct_start,
+                               cycle_momentum=cfg.scheduler.cycle_momentum)
+        # the data module's order: a permutation from the (seed, epoch) stream
         raw_seconds = sum(raw_loop(model, optimizer, scheduler, images, labels, bs, per_epoch,
-                                   seed + epoch) for epoch in range(epochs))
+                                   stream_seed(seed, DATA_ORDER, epoch)) for epoch in range(epochs))
         model.eval()
         test_x, test_y = datamodule.splits["test"]
         with torch.no_grad():
