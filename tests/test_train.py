@@ -128,3 +128,23 @@ def test_train_script_bad_value_exits_nonzero_with_message(tiny_data, tmp_path):
                        "data.sources=[local]", "optim.lr=-1")
     assert proc.returncode != 0
     assert "optim.lr=-1 is invalid" in proc.stderr
+
+
+def test_progress_in_a_log_file_is_plain_lines(tiny_data, tmp_path):
+    """stdout not a terminal: a line per refresh, no carriage-return redraws."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={tmp_path / 'run'}",
+         f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
+         "data.train_samples=96", "data.batch_size=16", "model.channels=[4,8]", "model.hidden=16",
+         "trainer.accelerator=cpu", "trainer.max_epochs=2", "progress_bar.refresh_rate=2",
+         "trainer.log_every_n_steps=2",
+         "callbacks=none", "robustness=null"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\r" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    # 6 batches an epoch, a line every 2: 3 per epoch, with the training loss
+    assert [line.split("  ")[:2] for line in lines] == [
+        [f"epoch {e}", f"batch {b}/6"] for e in (0, 1) for b in (2, 4, 6)]
+    assert all("train/ce" in line for line in lines)
+    assert proc.stdout.count("validation at step ") == 2
