@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: tiny IDX files with learnable fake digits."""
+"""Helpers shared by the tests: tiny IDX files with learnable fake digits, and a trap for
+forward passes outside Lightning's stages."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import gzip
 import hashlib
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 
 from initlab.data.sources import idx_bytes
+from initlab.utils import weight_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -42,3 +45,53 @@ def write_tiny_mnist(root: Path, n_train: int = 600, n_test: int = 200, gz: bool
         else:
             (raw / name).write_bytes(data)
     return md5
+
+
+class TeardownTrap(L.Callback):
+    """Makes Lightning's end-of-stage teardown observable on CPU.
+
+    ``Strategy.teardown`` moves the LightningModule to the CPU after every fit/validate/test/
+    predict; on a GPU a forward pass after that meets data still on the GPU and dies. On CPU both
+    devices are the same, so this trap marks the module "off device" after the strategy's
+    teardown and fails any Conv/Linear forward until the next stage's strategy setup has placed
+    the module again. Add it through the config: ``+callbacks.trap._target_=tests.helpers.TeardownTrap``.
+    """
+
+    last: TeardownTrap | None = None  # the latest instance, for tests that build through run()
+
+    def __init__(self):
+        self.off_device = False
+        self.teardowns = 0
+        self.forwards = 0  # Conv/Linear calls seen while placed: proves the hooks are live
+        self._strategy = None
+        self._hooked: set[int] = set()
+        TeardownTrap.last = self
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        strategy = trainer.strategy
+        if strategy is not self._strategy:
+            self._strategy = strategy
+            place, release = strategy.setup, strategy.teardown
+
+            def setup(trainer):
+                place(trainer)
+                self.off_device = False
+
+            def teardown():
+                release()
+                self.off_device = True
+                self.teardowns += 1
+
+            strategy.setup, strategy.teardown = setup, teardown
+        for layer in weight_layers(pl_module).values():
+            if id(layer) not in self._hooked:
+                self._hooked.add(id(layer))
+                layer.register_forward_pre_hook(self._check)
+
+    def _check(self, layer, args) -> None:
+        if self.off_device:
+            raise RuntimeError(
+                f"{type(layer).__name__} forward after Lightning's Strategy.teardown moved the "
+                "model to the CPU: on a GPU it would meet data on another device; run it inside "
+                "trainer.fit/validate/test/predict")
+        self.forwards += 1
