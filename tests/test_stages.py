@@ -6,13 +6,18 @@ forward pass after it meets data left on the GPU. ``TeardownTrap`` makes that vi
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from initlab.train import build
+from initlab.train import build, run
 from tests.helpers import TeardownTrap
 
 TRAP = "+callbacks.trap._target_=tests.helpers.TeardownTrap"
+CORRUPT_KEYS = {f"test_corrupt/{kind}_{level}/acc" for kind, levels in
+                (("noise", ("0.1", "0.2", "0.3", "0.5")), ("skew", ("10", "20", "30", "45")))
+                for level in levels}
 
 
 def test_the_trap_fails_a_forward_between_stages(make_cfg):
@@ -29,3 +34,17 @@ def test_the_trap_fails_a_forward_between_stages(make_cfg):
     with pytest.raises(RuntimeError, match="Strategy.teardown"):
         module(x)
 
+
+def test_the_default_command_finishes_with_the_trap(make_cfg, tmp_path):
+    """Test and robustness on (the defaults), monitors on: every forward inside a stage."""
+    cfg = make_cfg("callbacks=default", TRAP, "status.stall_accuracy=0", outputs=True)
+    assert cfg.test and set(cfg.robustness) == {"noise", "skew"}
+    accuracy = run(cfg)
+    trap = TeardownTrap.last
+    assert trap.teardowns == 2  # fit, then test
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "ok", result.get("error")
+    metrics = result["metrics"]
+    assert metrics["test/acc"] == accuracy and "test/loss" in metrics
+    assert CORRUPT_KEYS <= set(metrics)
+    assert not [k for k in metrics if "dataloader_idx" in k]

@@ -63,6 +63,11 @@ class Augment:
         if epoch != self.epoch:
             self.epoch, self._generator = epoch, None
 
+    def restart(self) -> None:
+        """Draw again from the start of the (seed, epoch) stream: a second pass over the same
+        batches gets the same draws."""
+        self._generator = None
+
     def _gen(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
             seed = self.seed * 1_000_003 + self.epoch
