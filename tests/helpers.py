@@ -9,12 +9,19 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 
+from initlab.data import MNISTDataModule
 from initlab.data.sources import idx_bytes
+from initlab.models import CNN
 from initlab.utils import weight_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+# the default config's robustness levels, as logged
+CORRUPT_KEYS = frozenset(f"test_corrupt/{kind}_{level}/acc" for kind, levels in
+                         (("noise", ("0.1", "0.2", "0.3", "0.5")), ("skew", ("10", "20", "30", "45")))
+                         for level in levels)
 TINY_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -45,6 +52,32 @@ def write_tiny_mnist(root: Path, n_train: int = 600, n_test: int = 200, gz: bool
         else:
             (raw / name).write_bytes(data)
     return md5
+
+
+def checkpoint_test_accuracy(ckpt: Path, data_dir: Path, **cnn) -> float:
+    """Test accuracy of a CNN checkpoint evaluated in one process on the CPU, by hand."""
+    dm = MNISTDataModule(data_dir=str(data_dir), verify=False, sources=["local"])
+    dm.setup()
+    model = CNN(**cnn)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
+                           if k.startswith("model.")})
+    model.eval()
+    x, y = dm.splits["test"]
+    with torch.no_grad():
+        return float((model(dm.standardize(x.unsqueeze(1).float() / 255)).argmax(1) == y)
+                     .float().mean())
+
+
+class StopAfterEpochs(L.Callback):
+    """Ends training after ``epochs`` epochs, as an interruption between epochs would."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
 
 
 class TeardownTrap(L.Callback):

@@ -13,12 +13,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from initlab.train import build, run
-from tests.helpers import TeardownTrap
+from tests.helpers import CORRUPT_KEYS, TeardownTrap
 
 TRAP = "+callbacks.trap._target_=tests.helpers.TeardownTrap"
-CORRUPT_KEYS = {f"test_corrupt/{kind}_{level}/acc" for kind, levels in
-                (("noise", ("0.1", "0.2", "0.3", "0.5")), ("skew", ("10", "20", "30", "45")))
-                for level in levels}
 
 
 def test_the_trap_fails_a_forward_between_stages(make_cfg):
