@@ -118,6 +118,14 @@ def test_corrupted_test_sets_run_inside_trainer_test(make_cfg):
     assert expected != pytest.approx(acc["test/acc"])  # the skew changed something
 
 
+def test_several_unnamed_test_loaders_are_a_clear_error(make_cfg):
+    datamodule, module, trainer = build(make_cfg())
+    datamodule.setup()
+    clean = datamodule.test_dataloader()["test"]
+    with pytest.raises(ValueError, match=r"2 unnamed test dataloaders: return a dict"):
+        trainer.test(module, dataloaders=[clean, clean], verbose=False)
+
+
 def test_grid_is_exactly_affine_grid():
     augment = Augment(skew_degrees=30, rotate_degrees=20, translate=0.1, scale=0.2)
     theta = augment.affine_matrices(16, torch.device("cpu"), torch.Generator().manual_seed(0))
