@@ -3,9 +3,12 @@
     python scripts/bench.py                 # every case, a few minutes on 2 CPU cores
     python scripts/bench.py --quick         # tiny sizes, one round: checks the script runs
     python scripts/bench.py --cases framework monitors
+    python scripts/bench.py --device cuda   # the same cases on the GPU, with its own goals
 
 Variants of a case are interleaved over several rounds after a warm-up; each figure is the
-median, and a spread (max/min - 1) over 10% is flagged. Prints a table and writes bench.json.
+median, and a spread (max/min - 1) over 10% is flagged. Prints a table and writes bench.json
+(with the machine: torch, and on CUDA the card, driver and CUDA version). On CUDA every timing
+ends with a synchronize, and the speedrun warms the device up first.
 """
 
 from __future__ import annotations
@@ -36,6 +39,31 @@ from initlab.utils import DATA_ORDER, atomic_write, stream_seed
 
 ROOT = project_root()
 SPREAD_WARNING = 0.10
+# the speedrun's goals on one H100-class GPU (on CPU only the accuracy and the ratio apply)
+GPU_SPEEDRUN_SECONDS = 2.0
+SPEEDRUN_ACCURACY = 0.99
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so a timer stops when the work is done."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def machine(device: str) -> dict:
+    """What the figures were measured on."""
+    info = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available()}
+    if device == "cuda":
+        try:
+            driver = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", "0"],
+                capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            driver = "unknown (nvidia-smi failed)"
+        info.update(gpu=torch.cuda.get_device_name(0), driver=driver,
+                    cuda_runtime=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
 
 
 def compose_cfg(*overrides: str):
@@ -75,7 +103,9 @@ def raw_loop(model: torch.nn.Module, optimizer, scheduler, images, labels, batch
              steps: int, seed: int) -> float:
     """The hand-written baseline: slice, scale, forward, backward, step. Returns seconds."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    order = order.to(images.device)  # as the data module does, once per epoch
     model.train()
+    sync(images.device)
     start = time.perf_counter()
     for i in range(steps):
         idx = order[i * batch_size: (i + 1) * batch_size]
@@ -86,21 +116,25 @@ def raw_loop(model: torch.nn.Module, optimizer, scheduler, images, labels, batch
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+    sync(images.device)
     return time.perf_counter() - start
 
 
 def initlab_fit(cfg, datamodule) -> tuple[float, object]:
     _, module, trainer = build(cfg, datamodule=datamodule)
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule)  # ends by moving the model to the CPU: synced
     return time.perf_counter() - start, (module, trainer)
 
 
-def training_overrides(data_dir: Path, steps: int, out: Path, quick: bool) -> list[str]:
+def training_overrides(data_dir: Path, steps: int, out: Path, quick: bool,
+                       device: str = "cpu") -> list[str]:
     return [f"data.data_dir={data_dir}", "data.verify=false", "data.sources=[local]",
             f"trainer.max_steps={steps}", "trainer.max_epochs=1", "trainer.limit_val_batches=0",
             "trainer.enable_progress_bar=false",
-            "trainer.accelerator=cpu", "scheduler=none", "checkpoint=null",
+            f"trainer.accelerator={device}", "scheduler=none", "checkpoint=null",
             f"output_dir={out}", "test=false",
             *(["model.channels=[4,8]", "model.hidden=16"] if quick else [])]
 
@@ -108,18 +142,18 @@ def training_overrides(data_dir: Path, steps: int, out: Path, quick: bool) -> li
 def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
     """initlab (monitors off / default / glorot) vs a raw loop, same model, batches, optimizer."""
     steps = 20 if args.quick else 430  # one epoch of 55k at batch 128
-    base = training_overrides(data_dir, steps, out, args.quick)
+    base = training_overrides(data_dir, steps, out, args.quick, args.device)
     cfgs = {name: compose_cfg(*base, f"callbacks={cb}")
             for name, cb in (("initlab", "none"), ("monitors_default", "default"),
                              ("monitors_glorot", "glorot"))}
     datamodule = instantiate(cfgs["initlab"].data)
     datamodule.setup()
-    images, labels = (t.clone() for t in datamodule.splits["train"])
+    images, labels = (t.clone().to(args.device) for t in datamodule.splits["train"])
 
     def raw() -> float:
         cfg = cfgs["initlab"]
         torch.manual_seed(cfg.seed)
-        model = instantiate(cfg.model)
+        model = instantiate(cfg.model).to(args.device)
         optimizer = instantiate(cfg.optim)(model.parameters())
         return raw_loop(model, optimizer, None, images, labels, cfg.data.batch_size, steps,
                         stream_seed(cfg.seed, DATA_ORDER, 0))
@@ -156,22 +190,24 @@ def case_data(args, data_dir: Path, out: Path) -> dict:
     from initlab.data.augment import Augment
 
     n = 2_000 if args.quick else 20_000
-    cfg = compose_cfg(*training_overrides(data_dir, 1, out, args.quick))
+    cfg = compose_cfg(*training_overrides(data_dir, 1, out, args.quick, args.device))
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    images = datamodule.splits["train"][0][:n]
+    images = datamodule.splits["train"][0][:n].to(args.device)
     augment = Augment(noise_std=0.1, skew_degrees=15.0, seed=0)
     batch_size = cfg.data.batch_size
 
     def batched(transform) -> float:
+        sync(args.device)
         start = time.perf_counter()
         for i in range(0, n, batch_size):
             transform(to_unit(images[i: i + batch_size]))
+        sync(args.device)
         return time.perf_counter() - start
 
     per_image = v2.Compose([v2.RandomAffine(degrees=0, shear=(-15, 15, 0, 0)), v2.PILToTensor(),
                             v2.ToDtype(torch.float32, scale=True)])
-    pil_images = [Image.fromarray(img.numpy()) for img in images[: n // 10]]
+    pil_images = [Image.fromarray(img.numpy()) for img in images[: n // 10].cpu()]
 
     def pil() -> float:  # a tenth of the images: the per-image path is slow
         start = time.perf_counter()
@@ -191,30 +227,34 @@ def case_data(args, data_dir: Path, out: Path) -> dict:
 def case_speedrun(args, data_dir: Path, out: Path) -> dict:
     """experiment=speedrun on real MNIST: training wall time and test accuracy per seed, against
     a raw loop of the same recipe (model, init, Adam, one-cycle, batch 256, same epochs and
-    data order)."""
+    data order). On CUDA this is the GPU speedrun: a warm-up run first (CUDA context, cuDNN and
+    kernel loading happen once per process), and a goal on the training time itself."""
     from torch.optim.lr_scheduler import OneCycleLR
 
     seeds = [0] if args.quick else list(range(args.seeds))
     extra = ["trainer.max_steps=40", "model.channels=[4,8]", "model.hidden=16",
              "data.verify=false", "data.sources=[local]"] if args.quick else []
+    device = torch.device(args.device)
     rows = []
     datamodule = None
-    for seed in seeds:
-        cfg = compose_cfg("experiment=speedrun", f"seed={seed}", f"data.data_dir={data_dir}",
-                          "logger=none", "checkpoint=null", "trainer.accelerator=cpu",
+    for seed in ([-1] if device.type == "cuda" else []) + seeds:  # -1: the warm-up
+        cfg = compose_cfg("experiment=speedrun", f"seed={max(seed, 0)}", f"data.data_dir={data_dir}",
+                          "logger=none", "checkpoint=null", f"trainer.accelerator={args.device}",
                           "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0",
-                          f"output_dir={out}", *extra)
+                          "robustness=null", f"output_dir={out}", *extra,
+                          *(["trainer.max_steps=20"] if seed < 0 else []))
         if datamodule is None:
             datamodule = instantiate(cfg.data)
             datamodule.setup()
         seconds, (module, trainer) = initlab_fit(cfg, datamodule)
         acc = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
 
-        torch.manual_seed(seed)
+        torch.manual_seed(cfg.seed)
         model = instantiate(cfg.model)
         apply_init(model, **cfg.init, activation=cfg.model.activation)
+        model = model.to(device)
         optimizer = instantiate(cfg.optim)(model.parameters())
-        images, labels = datamodule.splits["train"]
+        images, labels = (t.to(device) for t in datamodule.splits["train"])
         bs = cfg.data.batch_size
         per_epoch = len(labels) // bs + (len(labels) % bs > 0)
         epochs = cfg.trainer.max_epochs
@@ -227,19 +267,26 @@ def case_speedrun(args, data_dir: Path, out: Path) -> dict:
         raw_seconds = sum(raw_loop(model, optimizer, scheduler, images, labels, bs, per_epoch,
                                    stream_seed(seed, DATA_ORDER, epoch)) for epoch in range(epochs))
         model.eval()
-        test_x, test_y = datamodule.splits["test"]
+        test_x, test_y = (t.to(device) for t in datamodule.splits["test"])
         with torch.no_grad():
             raw_acc = float((model(datamodule.standardize(to_unit(test_x)))
                              .argmax(1) == test_y).float().mean())
-        rows.append({"seed": seed, "initlab_s": seconds, "initlab_acc": acc,
-                     "raw_s": raw_seconds, "raw_acc": raw_acc})
-    return {
+        if seed >= 0:
+            rows.append({"seed": seed, "initlab_s": seconds, "initlab_acc": acc,
+                         "raw_s": raw_seconds, "raw_acc": raw_acc})
+    training_s = statistics.median(r["initlab_s"] for r in rows)
+    result = {
         "runs": rows,
         "mean_acc": statistics.mean(r["initlab_acc"] for r in rows),
         "raw_mean_acc": statistics.mean(r["raw_acc"] for r in rows),
-        "ratios": {"speedrun_time": statistics.median(r["initlab_s"] for r in rows)
+        "training_s": training_s,
+        "ratios": {"speedrun_time": training_s
                    / statistics.median(r["raw_s"] for r in rows)},
     }
+    result["goals"] = {f"mean_acc >= {SPEEDRUN_ACCURACY:g}": result["mean_acc"] >= SPEEDRUN_ACCURACY}
+    if device.type == "cuda":
+        result["goals"][f"training_s <= {GPU_SPEEDRUN_SECONDS:g}"] = training_s <= GPU_SPEEDRUN_SECONDS
+    return result
 
 
 def case_startup(args, data_dir: Path, out: Path) -> dict:
@@ -248,7 +295,7 @@ def case_startup(args, data_dir: Path, out: Path) -> dict:
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), f"data.data_dir={data_dir}",
            "data.verify=false", "data.sources=[local]", "trainer.max_steps=1", "test=false",
            "logger=none", "checkpoint=null", "callbacks=none", "trainer.limit_val_batches=0",
-           "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+           f"trainer.accelerator={args.device}", "trainer.enable_progress_bar=false",
            f"hydra.run.dir={out / 'startup'}"]
     samples = []
     for _ in range(1 if args.quick else 3):
@@ -262,7 +309,7 @@ def case_startup(args, data_dir: Path, out: Path) -> dict:
 def case_compile(args, data_dir: Path, out: Path) -> dict:
     """torch.compile (opt-in ``compile=true``) against eager, after the compile warm-up."""
     steps = 20 if args.quick else 200
-    base = training_overrides(data_dir, steps, out, args.quick) + ["callbacks=none"]
+    base = training_overrides(data_dir, steps, out, args.quick, args.device) + ["callbacks=none"]
     eager, compiled = compose_cfg(*base), compose_cfg(*base, "compile=true")
     datamodule = instantiate(eager.data)
     datamodule.setup()
@@ -294,7 +341,10 @@ def print_table(results: dict) -> None:
             print(f"  {case}/{name:<20}{rate:>11.0f} images/s")
         if "mean_acc" in result:
             print(f"  speedrun mean test accuracy: initlab {result['mean_acc']:.4f}, "
-                  f"raw loop {result['raw_mean_acc']:.4f} over {len(result['runs'])} seeds")
+                  f"raw loop {result['raw_mean_acc']:.4f} over {len(result['runs'])} seeds; "
+                  f"training {result['training_s']:.2f} s (median)")
+            for goal, met in result.get("goals", {}).items():
+                print(f"  goal {goal}: {'ok' if met else 'MISSED'}")
             for r in result["runs"]:
                 print(f"    seed {r['seed']}: initlab {r['initlab_s']:.2f} s {r['initlab_acc']:.4f}"
                       f" | raw {r['raw_s']:.2f} s {r['raw_acc']:.4f}")
@@ -307,7 +357,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case (3)")
     parser.add_argument("--seeds", type=int, default=5, help="speedrun seeds")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where initlab and the raw loops train (cpu)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda: torch {torch.__version__} sees no CUDA GPU "
+                     "(torch.cuda.is_available() is False)")
     args.rounds = args.rounds or (1 if args.quick else 3)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -321,8 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
                 data_dir = tmp / "data" if args.quick else ROOT / "data"
             print(f"[bench] {case} ...", flush=True)
             results[case] = CASES[case](args, data_dir, tmp / "out")
-    results["machine"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "cuda": torch.cuda.is_available(), "quick": args.quick}
+    results["machine"] = {**machine(args.device), "quick": args.quick}
     print_table({k: v for k, v in results.items() if k != "machine"})
     atomic_write(args.out, json.dumps(results, indent=2).encode())
     print(f"\nwrote {args.out}")

@@ -51,7 +51,18 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--all"):
+    """``gpu`` tests are skipped, with the reason, where CUDA is absent (never dropped silently);
+    ``real_data`` and ``slow`` tests are deselected unless ``--all`` or a ``-m`` expression
+    picks tests by marker itself (``pytest -m gpu`` runs every GPU test)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason=f"needs a CUDA GPU: torch {torch.__version__} sees none "
+                                       "(torch.cuda.is_available() is False)")
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(skip)
+    if config.getoption("--all") or config.getoption("markexpr"):
         return
     selected, deselected = [], []
     for item in items:

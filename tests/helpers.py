@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: tiny IDX files with learnable fake digits."""
+"""Helpers shared by the tests: tiny IDX files with learnable fake digits, and a trap for
+forward passes outside Lightning's stages."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 
+from initlab.data import MNISTDataModule
 from initlab.data.sources import idx_bytes
+from initlab.models import CNN
+from initlab.utils import weight_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+# the default config's robustness levels, as logged
+CORRUPT_KEYS = frozenset(f"test_corrupt/{kind}_{level}/acc" for kind, levels in
+                         (("noise", ("0.1", "0.2", "0.3", "0.5")), ("skew", ("10", "20", "30", "45")))
+                         for level in levels)
 TINY_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -43,6 +52,82 @@ def write_tiny_mnist(root: Path, n_train: int = 600, n_test: int = 200, gz: bool
         else:
             (raw / name).write_bytes(data)
     return md5
+
+
+def checkpoint_test_accuracy(ckpt: Path, data_dir: Path, **cnn) -> float:
+    """Test accuracy of a CNN checkpoint evaluated in one process on the CPU, by hand."""
+    dm = MNISTDataModule(data_dir=str(data_dir), verify=False, sources=["local"])
+    dm.setup()
+    model = CNN(**cnn)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
+                           if k.startswith("model.")})
+    model.eval()
+    x, y = dm.splits["test"]
+    with torch.no_grad():
+        return float((model(dm.standardize(x.unsqueeze(1).float() / 255)).argmax(1) == y)
+                     .float().mean())
+
+
+class StopAfterEpochs(L.Callback):
+    """Ends training after ``epochs`` epochs, as an interruption between epochs would."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+class TeardownTrap(L.Callback):
+    """Makes Lightning's end-of-stage teardown observable on CPU.
+
+    ``Strategy.teardown`` moves the LightningModule to the CPU after every fit/validate/test/
+    predict; on a GPU a forward pass after that meets data still on the GPU and dies. On CPU both
+    devices are the same, so this trap marks the module "off device" after the strategy's
+    teardown and fails any Conv/Linear forward until the next stage's strategy setup has placed
+    the module again. Add it through the config: ``+callbacks.trap._target_=tests.helpers.TeardownTrap``.
+    """
+
+    last: TeardownTrap | None = None  # the latest instance, for tests that build through run()
+
+    def __init__(self):
+        self.off_device = False
+        self.teardowns = 0
+        self.forwards = 0  # Conv/Linear calls seen while placed: proves the hooks are live
+        self._strategy = None
+        self._hooked: set[int] = set()
+        TeardownTrap.last = self
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        strategy = trainer.strategy
+        if strategy is not self._strategy:
+            self._strategy = strategy
+            place, release = strategy.setup, strategy.teardown
+
+            def setup(trainer):
+                place(trainer)
+                self.off_device = False
+
+            def teardown():
+                release()
+                self.off_device = True
+                self.teardowns += 1
+
+            strategy.setup, strategy.teardown = setup, teardown
+        for layer in weight_layers(pl_module).values():
+            if id(layer) not in self._hooked:
+                self._hooked.add(id(layer))
+                layer.register_forward_pre_hook(self._check)
+
+    def _check(self, layer, args) -> None:
+        if self.off_device:
+            raise RuntimeError(
+                f"{type(layer).__name__} forward after Lightning's Strategy.teardown moved the "
+                "model to the CPU: on a GPU it would meet data on another device; run it inside "
+                "trainer.fit/validate/test/predict")
+        self.forwards += 1
 
 
 class CrashAtStep(L.Callback):

@@ -7,7 +7,8 @@ import torch
 
 from initlab.data import MNISTDataModule
 from initlab.data.augment import Augment
-from initlab.robustness import evaluate_corrupted
+from initlab.data.mnist import to_unit
+from initlab.train import build
 
 
 def digits(n=64) -> torch.Tensor:
@@ -94,8 +95,9 @@ def test_only_the_training_split_is_augmented(tiny_data):
                                 normalize=False, augment=Augment(noise_std=0.3, skew_degrees=20))
     for dm in (plain, augmented):
         dm.setup()
-    for split in ("val_dataloader", "test_dataloader"):
-        for (xa, ya), (xb, yb) in zip(getattr(plain, split)(), getattr(augmented, split)()):
+    for a, b in ((plain.val_dataloader(), augmented.val_dataloader()),
+                 (plain.test_dataloader()["test"], augmented.test_dataloader()["test"])):
+        for (xa, ya), (xb, yb) in zip(a, b):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     xa, _ = next(iter(plain.train_dataloader()))
     xb, _ = next(iter(augmented.train_dataloader()))
@@ -103,22 +105,40 @@ def test_only_the_training_split_is_augmented(tiny_data):
     assert torch.equal(plain.probe_batch(10)[0], augmented.probe_batch(10)[0])
 
 
-def test_corrupted_evaluation_degrades_with_the_level(tiny_data):
-    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, sources=["local"])
-    dm.setup()
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(3):
-        for x, y in dm.train_dataloader():
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    acc = evaluate_corrupted(model, dm, {"noise": [0.0, 1.0], "skew": [45]})
-    assert set(acc) == {"test_corrupt/noise_0/acc", "test_corrupt/noise_1/acc",
-                        "test_corrupt/skew_45/acc"}
-    assert acc["test_corrupt/noise_0/acc"] > 0.9
-    assert acc["test_corrupt/noise_1/acc"] < acc["test_corrupt/noise_0/acc"]
+def test_corrupted_test_sets_run_inside_trainer_test(make_cfg):
+    cfg = make_cfg("trainer.max_epochs=4", "data.train_samples=null",
+                   "robustness={noise:[0,1],skew:[45]}")
+    datamodule, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule)
+    per_loader = trainer.test(module, datamodule=datamodule, verbose=False)
+    acc = {k: v for metrics in per_loader for k, v in metrics.items()}
+    assert set(acc) == {"test/acc", "test/loss", "test_corrupt/noise_0/acc",
+                        "test_corrupt/noise_1/acc", "test_corrupt/skew_45/acc"}
+    assert acc["test/acc"] > 0.9
+    assert acc["test_corrupt/noise_0/acc"] == pytest.approx(acc["test/acc"], abs=1e-6)
+    assert acc["test_corrupt/noise_1/acc"] < acc["test/acc"] - 0.2
+    # the draws restart with every pass: a second test sees the same corrupted sets
+    again = trainer.test(module, datamodule=datamodule, verbose=False)
+    assert {k: v for metrics in again for k, v in metrics.items()} == acc
+
+    # = the accuracy on the whole test set corrupted batch by batch with the run's seed
+    x, y = datamodule.splits["test"]
+    corrupt, batch = Augment(skew_degrees=45, seed=cfg.seed), cfg.data.eval_batch_size
+    model = module.model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(datamodule.standardize(corrupt(to_unit(x[i: i + batch]))))
+                            for i in range(0, len(y), batch)])
+    expected = float((logits.argmax(1) == y).float().mean())
+    assert acc["test_corrupt/skew_45/acc"] == pytest.approx(expected, abs=1e-6)
+    assert expected != pytest.approx(acc["test/acc"])  # the skew changed something
+
+
+def test_several_unnamed_test_loaders_are_a_clear_error(make_cfg):
+    datamodule, module, trainer = build(make_cfg())
+    datamodule.setup()
+    clean = datamodule.test_dataloader()["test"]
+    with pytest.raises(ValueError, match=r"2 unnamed test dataloaders: return a dict"):
+        trainer.test(module, dataloaders=[clean, clean], verbose=False)
 
 
 def test_grid_is_exactly_affine_grid():

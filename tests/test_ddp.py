@@ -9,9 +9,7 @@ import sys
 import pytest
 import torch
 
-from initlab.data import MNISTDataModule
-from initlab.models import CNN
-from tests.helpers import ROOT
+from tests.helpers import CORRUPT_KEYS, ROOT, checkpoint_test_accuracy
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +21,7 @@ def test_two_process_ddp_run(tiny_data, tmp_path):
          f"hydra.run.dir={out}", f"data.data_dir={tiny_data}", "data.verify=false",
          "data.sources=[local]", "data.batch_size=16", "data.eval_batch_size=30",
          "model.channels=[4,8]", "model.hidden=16", "trainer.max_epochs=2", "model.dropout=0.3",
-         "trainer.enable_progress_bar=false", "callbacks=default", "robustness=null",
-         "status.stall_accuracy=0"],
+         "trainer.enable_progress_bar=false", "callbacks=default", "status.stall_accuracy=0"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]  # one run folder
@@ -33,21 +30,15 @@ def test_two_process_ddp_run(tiny_data, tmp_path):
     result = json.loads((out / "result.json").read_text())
     # each rank saw half the 550 training examples: 18 steps of 16 per epoch, not 35
     assert result["steps"] == 2 * -(-275 // 16)
+    # corrupted test sets: every rank corrupts its shard, accuracies reduced over both
+    assert CORRUPT_KEYS <= set(result["metrics"])
+    assert all(0 <= result["metrics"][k] <= 1 for k in CORRUPT_KEYS)
 
     # the test accuracy reduced over 2 ranks = one process evaluating the same weights
-    dm = MNISTDataModule(data_dir=str(tiny_data), verify=False, sources=["local"])
-    dm.setup()
-    model = CNN(channels=(4, 8), hidden=16)
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     # each rank draws its own dropout masks, and each rank's stream is saved for a resume
     rng = checkpoint["rng_states_per_rank"]["torch"]
     assert rng.shape[0] == 2 and not torch.equal(rng[0], rng[1])
-    state = checkpoint["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
-                           if k.startswith("model.")})
-    model.eval()
-    x, y = dm.splits["test"]
-    with torch.no_grad():
-        accuracy = float((model(dm.standardize(x.unsqueeze(1).float() / 255)).argmax(1) == y)
-                         .float().mean())
+    accuracy = checkpoint_test_accuracy(out / "checkpoints" / "last.ckpt", tiny_data,
+                                        channels=(4, 8), hidden=16)
     assert result["metrics"]["test/acc"] == pytest.approx(accuracy, abs=1e-6)

@@ -8,23 +8,11 @@ import subprocess
 import sys
 import time
 
-import lightning as L
 import pytest
 import torch
 
 from initlab.train import ConfigError, build, run
-from tests.helpers import ROOT
-
-
-class StopAfterEpochs(L.Callback):
-    """Ends training after ``epochs`` epochs, as an interruption between epochs would."""
-
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
+from tests.helpers import ROOT, StopAfterEpochs
 
 
 def test_resume_ends_like_an_uninterrupted_run(make_cfg, tmp_path):

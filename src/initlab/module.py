@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import lightning as L
 import torch
@@ -97,15 +97,37 @@ class Classifier(L.LightningModule):
     def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy):
         x, y = batch
         logits = self.net(x)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True)
+        # names users see carry no /dataloader_idx_N suffix, however many test sets there are
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True,
+                 add_dataloader_idx=False)
         metric.update(logits, y)
-        self.log(f"{stage}/acc", metric, prog_bar=True)
+        self.log(f"{stage}/acc", metric, prog_bar=True, add_dataloader_idx=False)
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val", self.val_acc)
 
-    def test_step(self, batch, batch_idx):
-        self._evaluate(batch, "test", self.test_acc)
+    def on_test_start(self) -> None:
+        """Name the test sets: a dict of test dataloaders logs each under its key ("test" is the
+        clean set: test/acc, test/loss; any other key: <key>/acc); a single loader is "test"."""
+        loaders = self.trainer.test_dataloaders
+        if isinstance(loaders, Mapping):
+            self._test_sets = list(loaders)
+        elif isinstance(loaders, (list, tuple)) and len(loaders) > 1:
+            raise ValueError(f"{len(loaders)} unnamed test dataloaders: return a dict "
+                             "{name: dataloader} ('test' = the clean test set)")
+        else:
+            self._test_sets = ["test"]
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        name = self._test_sets[dataloader_idx]
+        if name == "test":
+            self._evaluate(batch, "test", self.test_acc)
+            return
+        x, y = batch
+        accuracy = (self.net(x).argmax(1) == y).float().mean()
+        # a batch-size-weighted mean over batches (and ranks): the accuracy on the whole set
+        self.log(f"{name}/acc", accuracy, batch_size=len(y), sync_dist=True,
+                 add_dataloader_idx=False)
 
     def on_fit_start(self) -> None:
         # seed_everything gave every DDP rank the same stream: give each rank its own dropout

@@ -22,10 +22,10 @@ from initlab.checkpointing import (
     check_checkpoint,
     check_output_dir,
 )
+from initlab.data.robustness import check_corruptions
 from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
 from initlab.monitors.callbacks import add_layout
-from initlab.robustness import check_corruptions, evaluate_corrupted
 from initlab.status import RunStatus
 from initlab.utils import atomic_write
 
@@ -175,14 +175,10 @@ def _fit(cfg, trainer, module, datamodule, status: RunStatus, start: float) -> d
 
 
 def _test(cfg, trainer, module, datamodule) -> dict[str, float]:
-    """Test-set metrics, and accuracy on the corrupted copies when ``robustness`` is set."""
-    metrics = _metrics_to_floats(trainer.test(module, datamodule=datamodule, verbose=False)[0])
-    if cfg.robustness and trainer.is_global_zero:
-        corrupted = evaluate_corrupted(module, datamodule, cfg.robustness, seed=cfg.seed)
-        for logger in trainer.loggers:
-            logger.log_metrics(corrupted, step=trainer.global_step)
-        metrics.update(corrupted)
-    return metrics
+    """Test-set metrics, and accuracy on the corrupted copies (``robustness``: the data module's
+    extra test dataloaders), all inside trainer.test, where Lightning places model and data."""
+    per_loader = trainer.test(module, datamodule=datamodule, verbose=False)
+    return _metrics_to_floats({k: v for metrics in per_loader for k, v in metrics.items()})
 
 
 def _log_hyperparams(cfg, trainer, metrics: dict[str, float]) -> None:

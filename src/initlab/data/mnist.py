@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from initlab.data.augment import Augment
+from initlab.data.robustness import corruption_sets
 from initlab.data.sources import MNIST_MD5, SOURCES, DataError, ensure_mnist
 from initlab.utils import DATA_ORDER, stream_seed
 
@@ -98,7 +100,13 @@ class Batches:
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """Real MNIST: 55k/5k train/validation split of the 60k, and the official 10k test set."""
+    """Real MNIST: 55k/5k train/validation split of the 60k, and the official 10k test set.
+
+    The splits live on the strategy's device while a stage runs (moved when Lightning asks for
+    the dataloaders) and go back to the CPU at the stage's teardown, as Lightning does with the
+    model. ``corruptions`` (the ``robustness`` config, ``{kind: [levels]}``) adds corrupted
+    copies of the test set as extra, named test dataloaders.
+    """
 
     def __init__(
         self,
@@ -111,6 +119,7 @@ class MNISTDataModule(L.LightningDataModule):
         verify: bool = True,
         augment: Callable | None = None,
         seed: int = 0,
+        corruptions: dict[str, list[float]] | None = None,
     ):
         if sources is None:
             sources = list(SOURCES)
@@ -131,6 +140,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.train_samples, self.normalize = train_samples, normalize
         self.sources, self.verify = tuple(sources), verify
         self.augment, self.seed = augment, seed
+        self.corruptions = corruption_sets(corruptions, seed)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._examples_logged = False
 
@@ -232,8 +242,24 @@ class MNISTDataModule(L.LightningDataModule):
     def val_dataloader(self) -> Batches:
         return self._batches("val", train=False)
 
-    def test_dataloader(self) -> Batches:
-        return self._batches("test", train=False)
+    def test_dataloader(self) -> dict[str, Batches]:
+        """``"test"``: the clean test set; then ``test_corrupt/<kind>_<level>``, one per level."""
+        loaders = {"test": self._batches("test", train=False)}
+        for name, corrupt in self.corruptions.items():
+            loaders[name] = self._corrupted(corrupt)
+        return loaders
+
+    def _corrupted(self, corrupt: Augment) -> Batches:
+        """The test split's batches (same shards and batch size) through ``corrupt``, on the
+        batch's device; its draws restart at every pass, so every model sees the same set."""
+        batches = self._batches("test", train=False)
+        batches.transform = lambda x: self.standardize(corrupt(x))
+        batches.on_epoch = lambda epoch: corrupt.set_epoch(0)
+        return batches
+
+    def teardown(self, stage: str) -> None:
+        # Lightning's Strategy.teardown has just moved the model to the CPU: the data follows
+        self.to(torch.device("cpu"))
 
     def probe_batch(self, n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
         """A fixed set of ``n`` held-out (validation) examples, never augmented."""
