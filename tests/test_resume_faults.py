@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import lightning as L
 import pytest
 import torch
 
