@@ -59,11 +59,19 @@ def test_stalled_run_is_marked(make_cfg, tmp_path):
 
 
 def test_healthy_run_result(make_cfg, tmp_path):
-    run(make_cfg("trainer.max_epochs=2", "status.stall_accuracy=0.0"))
+    run(make_cfg("trainer.max_epochs=2", "status.stall_accuracy=0.0", outputs=True))
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "ok" and result["steps"] == 6 and result["epochs"] == 2
     assert result["wall_time_s"] > 0 and "test/acc" in result["metrics"]
     assert result["score"] == result["metrics"]["test/acc"]
+    # where the time went: the phases of run() fit inside its wall time, the parts inside fit
+    t = result["timings_s"]
+    assert set(t) == {"startup", "build", "fit", "test", "logging", "data_load",
+                      "checkpoint_writes", "total"}
+    assert all(v >= 0 for v in t.values())
+    assert t["build"] + t["fit"] + t["test"] + t["logging"] <= result["wall_time_s"] + 0.01
+    assert 0 < t["data_load"] <= t["fit"] and 0 < t["checkpoint_writes"] <= t["fit"]
+    assert t["total"] >= t["startup"] + result["wall_time_s"] - 0.01 and t["startup"] > 0
 
 
 def sweep_args(tiny_data, sweep, *overrides):

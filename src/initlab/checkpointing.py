@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -17,9 +18,19 @@ MIN_FREE_BYTES = 200 * 2**20  # checkpoints, events and logs of one run fit in t
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes to a temporary name in the same folder, then renames."""
+    """Writes to a temporary name in the same folder, then renames; ``seconds`` adds up the
+    time spent writing (result.json's timings)."""
+
+    seconds = 0.0
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        start = time.perf_counter()
+        try:
+            self._save(checkpoint, path, storage_options)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _save(self, checkpoint, path, storage_options) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

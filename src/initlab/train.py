@@ -27,7 +27,7 @@ from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
 from initlab.monitors.callbacks import add_layout
 from initlab.status import RunStatus
-from initlab.utils import atomic_write
+from initlab.utils import atomic_write, process_age_s
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,41 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
     return datamodule, module, trainer
 
 
+class Timings:
+    """Where a run's wall clock goes, for result.json's ``timings_s``: ``startup`` (process
+    start to run(): imports, config), the phases of run() (``build``, ``fit``, ``test``,
+    ``logging``), and inside them ``data_load`` (reading and checking MNIST) and
+    ``checkpoint_writes``; ``total`` from process start."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.startup = process_age_s()
+        self.phases: dict[str, float] = {}
+        self._datamodule = self._checkpoint_io = None
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - begin
+
+    def watch(self, trainer, datamodule) -> None:
+        self._datamodule, self._checkpoint_io = datamodule, trainer.strategy.checkpoint_io
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def summary(self) -> dict[str, float | None]:
+        parts = {"startup": self.startup, **self.phases,
+                 "data_load": getattr(self._datamodule, "load_seconds", None),
+                 "checkpoint_writes": getattr(self._checkpoint_io, "seconds", None)}
+        total = self.elapsed() + (self.startup or 0.0)
+        return {**{k: round(v, 3) for k, v in parts.items() if v is not None},
+                "total": round(total, 3)}
+
+
 def run(cfg: DictConfig, keep_going: bool = False) -> float:
     """Train and test one configuration; write ``result.json`` whatever happens; return the
     metric a sweep optimises (test accuracy, or validation accuracy when ``test=false``; NaN
@@ -128,31 +163,36 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
     ``status: failed`` with the error, then raises, or returns NaN with ``keep_going`` (a
     multirun: the other jobs go on).
     """
-    start = time.perf_counter()
+    clock = Timings()
     trainer = status = None
     metrics: dict[str, float] = {}
     try:
-        datamodule, module, trainer = build(cfg)
+        with clock.phase("build"):
+            datamodule, module, trainer = build(cfg)
     except Exception as err:
         with contextlib.suppress(OSError):  # an unwritable output folder is the error itself
-            _write_result(cfg, None, None, {}, start, error=err)
+            _write_result(cfg, None, None, {}, clock, error=err)
         raise
+    clock.watch(trainer, datamodule)
     status = next(c for c in trainer.callbacks if isinstance(c, RunStatus))
     try:
-        metrics = _fit(cfg, trainer, module, datamodule, status, start)
+        with clock.phase("fit"):
+            metrics = _fit(cfg, trainer, module, datamodule, status, clock)
         if cfg.test and status.status != "diverged":
-            metrics.update(_test(cfg, trainer, module, datamodule))
-        _log_hyperparams(cfg, trainer, metrics)
+            with clock.phase("test"):
+                metrics.update(_test(cfg, trainer, module, datamodule))
+        with clock.phase("logging"):
+            _log_hyperparams(cfg, trainer, metrics)
     except Exception as err:
         metrics.update(_metrics_to_floats(trainer.callback_metrics))
-        _write_result(cfg, trainer, status, metrics, start, error=err)
+        _write_result(cfg, trainer, status, metrics, clock, error=err)
         if not keep_going:
             raise
         log.exception("run failed; the sweep goes on (result.json: status failed)")
         return math.nan
     key = "test/acc" if cfg.test else "val/acc"
     score = math.nan if status.status == "diverged" else metrics.get(key, math.nan)
-    _write_result(cfg, trainer, status, metrics, start, key, score)
+    _write_result(cfg, trainer, status, metrics, clock, key, score)
     if trainer.is_global_zero:
         print(f"status: {status.status}   test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
               f"val accuracy: {metrics.get('val/acc', math.nan):.4f}")
@@ -160,7 +200,7 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
     return score
 
 
-def _fit(cfg, trainer, module, datamodule, status: RunStatus, start: float) -> dict[str, float]:
+def _fit(cfg, trainer, module, datamodule, status: RunStatus, clock: Timings) -> dict[str, float]:
     """trainer.fit; an interrupted fit (Ctrl-C, SIGTERM) writes result.json and exits."""
     if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
         add_layout(trainer.logger)
@@ -169,7 +209,7 @@ def _fit(cfg, trainer, module, datamodule, status: RunStatus, start: float) -> d
     except SystemExit:  # Lightning ends an interrupted fit with SystemExit
         if status.status != "interrupted":
             raise
-        _write_result(cfg, trainer, status, _metrics_to_floats(trainer.callback_metrics), start)
+        _write_result(cfg, trainer, status, _metrics_to_floats(trainer.callback_metrics), clock)
         raise SystemExit(status.exit_code) from None
     return _metrics_to_floats(trainer.callback_metrics)
 
@@ -195,11 +235,11 @@ def _log_hyperparams(cfg, trainer, metrics: dict[str, float]) -> None:
         trainer.logger.close()
 
 
-def _write_result(cfg, trainer, status: RunStatus | None, metrics: dict[str, float], start: float,
+def _write_result(cfg, trainer, status: RunStatus | None, metrics: dict[str, float], clock: Timings,
                   key: str | None = None, score: float = math.nan,
                   error: BaseException | None = None) -> None:
-    """``result.json`` next to the events (rank 0): status, metrics, steps, wall time; a run
-    that raised is ``failed`` with the error."""
+    """``result.json`` next to the events (rank 0): status, metrics, steps, wall time and where
+    it went; a run that raised is ``failed`` with the error."""
     if trainer is not None and not trainer.is_global_zero:
         return
     summary = status.summary() if status is not None else {"status": "ok"}
@@ -210,7 +250,7 @@ def _write_result(cfg, trainer, status: RunStatus | None, metrics: dict[str, flo
               "score": score if math.isfinite(score) else None,
               "steps": trainer.global_step if trainer is not None else 0,
               "epochs": trainer.current_epoch if trainer is not None else 0,
-              "wall_time_s": time.perf_counter() - start,
+              "wall_time_s": clock.elapsed(), "timings_s": clock.summary(),
               "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)}}
     atomic_write(Path(cfg.output_dir) / "result.json",
                  json.dumps(result, indent=2, allow_nan=False, default=str).encode())

@@ -45,3 +45,14 @@ def stream_seed(seed: int, purpose: int, *keys: int) -> int:
     1 never replays seed s+1 at epoch 0."""
     words = np.random.SeedSequence([seed, purpose, *keys]).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), or None where that is not known:
+    the imports and config composition before a run's own clock starts."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
