@@ -301,10 +301,17 @@ def test_diverged_weights_give_nan_not_an_error():
 
 @pytest.mark.parametrize("key, value", [
     ("jacobian_method", "svd"), ("jacobian_probes", 1), ("jacobian_lanczos_steps", 0),
-    ("jacobian_samples", 0), ("jacobian_max_exact", -1)])
+    ("jacobian_samples", -1), ("jacobian_max_exact", -1)])
 def test_bad_jacobian_settings_name_the_key(key, value):
     with pytest.raises(ValueError, match=f"callbacks.probe.{key}={value!r} is invalid"):
         ProbeMonitor(**{key: value})
+
+
+def test_jacobians_can_be_turned_off(make_cfg, tmp_path):
+    run(make_cfg("callbacks=glorot", "callbacks.probe.jacobian_samples=0"))
+    stats = json.loads((tmp_path / "run" / "init_stats.json").read_text())
+    assert stats["jacobian_samples"] == 0 and stats["jacobian_mean_sv"] is None
+    assert not any(k.startswith("jacobian") for k in stats["layers"]["conv1"])
 
 
 def test_bad_jacobian_setting_fails_before_training(make_cfg):

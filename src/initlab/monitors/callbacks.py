@@ -151,9 +151,10 @@ class ProbeMonitor(L.Callback):
     Histograms (``hist/activation|backprop|weight_grad/<layer>``, every finite value) at step 0,
     every ``histogram_every_n_steps`` and at the end; Jacobian singular values of the first
     ``jacobian_samples`` probe examples at step 0 and every ``jacobian_every_n_steps`` (and at
-    the end; null: step 0 only), exact or estimated (``jacobian_method``, see
-    :func:`initlab.monitors.stats.jacobian_sv`). Writes ``init_stats.json`` (the step-0 numbers
-    and ``run_info``) into the run directory. Runs on rank 0 only; one host transfer a probe.
+    the end; null: step 0 only; ``jacobian_samples=0``: never), exact or estimated
+    (``jacobian_method``, see :func:`initlab.monitors.stats.jacobian_sv`). Writes
+    ``init_stats.json`` (the step-0 numbers and ``run_info``) into the run directory. Runs on
+    rank 0 only; one host transfer a probe.
     """
 
     def __init__(self, num_examples: int = 300, every_n_steps: int = 250,
@@ -166,10 +167,13 @@ class ProbeMonitor(L.Callback):
         self.histogram_every_n_steps = histogram_every_n_steps
         self.jacobian_every_n_steps = jacobian_every_n_steps
         try:
-            self.jacobian = JacobianConfig(jacobian_samples, jacobian_method, jacobian_max_exact,
-                                           jacobian_probes, jacobian_lanczos_steps)
+            self.jacobian: JacobianConfig | None = JacobianConfig(
+                jacobian_samples or None, jacobian_method, jacobian_max_exact, jacobian_probes,
+                jacobian_lanczos_steps)
         except ValueError as err:
             raise ValueError(f"callbacks.probe.{err}") from None
+        if jacobian_samples == 0:  # no Jacobians
+            self.jacobian = None
         self.run_info = dict(run_info or {})
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_step = -1
@@ -243,7 +247,8 @@ class ProbeMonitor(L.Callback):
         hidden = [n for n in table if "jacobian_mean_sv" in table[n]]
         summary = {
             **self.run_info,
-            "jacobian_samples": len(self._batch[0][: self.jacobian.samples]),
+            "jacobian_samples": (len(self._batch[0][: self.jacobian.samples])
+                                 if self.jacobian is not None else 0),
             "layers": table,
             # the mean over hidden layers of each layer's mean singular value
             "jacobian_mean_sv": (sum(table[n]["jacobian_mean_sv"] for n in hidden) / len(hidden)

@@ -89,20 +89,21 @@ class JacobianConfig:
     samples: int | None = 10  # probe examples (None: all)
     method: str = "auto"  # exact, slq, or auto: exact when m * n <= max_exact
     max_exact: int = 1_000_000  # entries of one example's Jacobian
-    probes: int = 8  # slq: random vectors per example
+    probes: int = 4  # slq: random vectors per example
     steps: int = 30  # slq: Lanczos steps per vector
 
     def __post_init__(self):
         if self.method not in JACOBIAN_METHODS:
             raise ValueError(f"jacobian_method={self.method!r} is invalid: allowed {JACOBIAN_METHODS}")
-        for key, value, least in (("jacobian_samples", self.samples, 1),
-                                  ("jacobian_max_exact", self.max_exact, 0),
-                                  ("jacobian_probes", self.probes, 2),
-                                  ("jacobian_lanczos_steps", self.steps, 2)):
+        for key, value, least, extra in (
+                ("jacobian_samples", self.samples, 1, ", 0 (no Jacobians) or null (all examples)"),
+                ("jacobian_max_exact", self.max_exact, 0, ""),
+                ("jacobian_probes", self.probes, 2, " (the error bar needs two)"),
+                ("jacobian_lanczos_steps", self.steps, 2, "")):
             if value is None and key == "jacobian_samples":
-                continue  # all probe examples
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{key}={value!r} is invalid: it must be an integer >= {least}")
+                raise ValueError(f"{key}={value!r} is invalid: it must be an integer >= {least}{extra}")
 
 
 @dataclass
@@ -330,12 +331,13 @@ def _slq_sv(z, out, j, jt, config: JacobianConfig, generator) -> dict[str, torch
     steps = min(config.steps, d)
     signs = torch.randint(0, 2, (p * b, d), device=z.device, generator=generator)
     q = (2 * signs - 1).to(z.dtype) / d**0.5  # unit Rademacher vectors
-    basis, alpha, beta = [], [], []
+    basis = q.new_zeros(steps, p * b, d)
+    alpha, beta = [], []
     for i in range(steps):
-        basis.append(q)
+        basis[i] = q
         w = matvec(q.reshape(like.shape)).reshape(p * b, d)
         alpha.append((w * q).sum(-1))
-        done = torch.stack(basis)
+        done = basis[: i + 1]
         for _ in range(2):  # full reorthogonalisation, twice: float32 Lanczos loses it fast
             w = w - torch.einsum("kr,krd->rd", torch.einsum("krd,rd->kr", done, w), done)
         if i + 1 < steps:
