@@ -303,16 +303,16 @@ def _linearize(model, x, k, z, batch_stats):
 
 def _exact_sv(z, out, j, jt) -> dict[str, torch.Tensor]:
     """Each example's J from min(m, n) products with basis vectors; its singular values are the
-    square roots of the eigenvalues of the smaller Gram matrix, in float64 (as fast as
-    ``svdvals`` when square, ~7x faster when wide; float32 ``eigvalsh`` can return NaN on the
-    zero rows of dead ReLU units)."""
+    square roots of the eigenvalues of the smaller Gram matrix, solved in float64 (as fast as
+    ``svdvals`` when J is square, ~7x faster when wide; float32 ``eigvalsh`` can return NaN on
+    the zero rows of dead ReLU units)."""
     rows, op = (out, jt) if out[0].numel() <= z[0].numel() else (z, j)
     d, b, other = rows[0].numel(), len(z), (z if rows is out else out)[0].numel()
     basis = torch.eye(d, dtype=z.dtype, device=z.device).reshape(d, 1, *rows.shape[1:])
     chunk = max(1, (1 << 25) // (b * other))  # bound the memory (128 MiB a chunk)
     jac = torch.func.vmap(op, chunk_size=chunk)(basis.expand(d, *rows.shape))
-    jac = jac.reshape(d, b, other).transpose(0, 1).double()  # (examples, d, other side)
-    gram = jac @ jac.transpose(1, 2)
+    jac = jac.reshape(d, b, other).transpose(0, 1)  # (examples, d, other side)
+    gram = (jac @ jac.transpose(1, 2)).double()
     finite = torch.isfinite(gram).flatten(1).all(1)
     # non-finite weights of a diverging run: the eigensolver cannot converge, report NaN
     eig = torch.linalg.eigvalsh(torch.where(finite[:, None, None], gram, 0))
