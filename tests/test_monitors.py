@@ -93,6 +93,18 @@ def test_percentiles_and_histograms_count_only_finite_values():
     assert histogram(torch.full((5,), float("nan")))[2] == 0  # nothing finite: count 0
 
 
+def test_an_empty_histogram_is_skipped(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from initlab.monitors.callbacks import write_histogram
+
+    writer = SummaryWriter(str(tmp_path))
+    assert not write_histogram(writer, "hist/nan", histogram(torch.full((4,), float("nan"))).tolist(), 0)
+    assert write_histogram(writer, "hist/some", histogram(torch.tensor([1.0, float("inf")])).tolist(), 0)
+    writer.close()
+    assert read_events(tmp_path).Tags()["histograms"] == ["hist/some"]
+
+
 def test_histogram_bins_every_value():
     t = torch.randn(50, 8, 7, 7) * 3 + 1
     lo, hi, num, total, squares, *counts = histogram(t, bins=64).tolist()
