@@ -318,9 +318,51 @@ def case_compile(args, data_dir: Path, out: Path) -> dict:
     return summarize(times, steps, {"compile": ("compiled", "eager")})
 
 
+def case_jacobian(args, data_dir: Path, out: Path) -> dict:
+    """The default probe (callbacks=default) at step 0 of the default CNN, with and without its
+    Jacobian singular values, against one training step: the Jacobian's cost in steps."""
+    from initlab.monitors.stats import probe
+
+    cfg = compose_cfg(*training_overrides(data_dir, 1, out, args.quick), "callbacks=default")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    monitor = instantiate(cfg.callbacks.probe)
+    x, y = datamodule.probe_batch(monitor.num_examples)
+    images, labels = datamodule.splits["train"]
+    torch.manual_seed(cfg.seed)
+    model = apply_init(instantiate(cfg.model), **cfg.init, activation=cfg.model.activation)
+    trained = instantiate(cfg.model)  # steps train a copy: the probes see the model at init
+    trained.load_state_dict(model.state_dict())
+    optimizer = instantiate(cfg.optim)(trained.parameters())
+    steps = 5 if args.quick else 50
+
+    def timed(fn) -> Callable[[], float]:
+        def run() -> float:
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+        return run
+
+    times = interleave({
+        "train_step": lambda: raw_loop(trained, optimizer, None, images, labels,
+                                       cfg.data.batch_size, steps, cfg.seed) / steps,
+        "probe": timed(lambda: probe(model, x, y, model.activation)),
+        "probe_jacobian": timed(lambda: probe(model, x, y, model.activation,
+                                              jacobian=monitor.jacobian)),
+    }, args.rounds)
+    result = summarize(times, 1, {"probe_vs_step": ("probe", "train_step"),
+                                  "probe_jacobian_vs_step": ("probe_jacobian", "train_step")})
+    seconds = result["seconds"]
+    result["jacobian_ms"] = 1000 * (seconds["probe_jacobian"] - seconds["probe"])
+    result["ratios"]["jacobian_vs_step"] = (seconds["probe_jacobian"] - seconds["probe"]) \
+        / seconds["train_step"]
+    return result
+
+
 CASES = {"framework": case_framework_and_monitors, "data": case_data,
-         "speedrun": case_speedrun, "startup": case_startup, "compile": case_compile}
-DEFAULT_CASES = ["framework", "data", "speedrun", "startup"]
+         "speedrun": case_speedrun, "startup": case_startup, "compile": case_compile,
+         "jacobian": case_jacobian}
+DEFAULT_CASES = ["framework", "data", "speedrun", "startup", "jacobian"]
 TARGETS = {"framework": ("<=", 1.05), "monitors_default": ("<=", 1.05),
            "augmented_vs_per_image": (">=", 20.0), "speedrun_time": ("<=", 1.2)}
 

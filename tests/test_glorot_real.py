@@ -81,7 +81,9 @@ def test_glorot_callbacks_write_every_tag_family_for_every_layer(make_cfg, tmp_p
     expected = {"grad_norm/total"}
     for layer in hidden:
         expected |= {f"activation/{layer}/{s}" for s in ("mean", "std", "p98", "saturated")}
-        expected |= {f"backprop/{layer}/std", f"jacobian/{layer}/mean_sv"}
+        expected |= {f"preactivation/{layer}/std", f"backprop/{layer}/std",
+                     f"jacobian/{layer}/mean_sv", f"jacobian/{layer}/rms_sv"}
+    expected |= {f"jacobian/{layer}/mean_sv_stderr" for layer in ("conv1", "conv2")}  # estimated
     for layer in every:
         expected |= {f"grad_norm/{layer}", f"weight_grad/{layer}/std", f"update_ratio/{layer}",
                      f"weights/{layer}/fan_in_var", f"weights/{layer}/fan_out_var"}

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
-from initlab.report import collect_runs, write_report
+from initlab.report import Run, collect_runs, write_report
+from initlab.report.write import histogram_curves
+from initlab.train import run
 from tests.helpers import ROOT
 
 
@@ -103,3 +108,91 @@ def test_single_run_report(sweep):
 def test_report_on_missing_dir_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs under"):
         collect_runs(tmp_path)
+
+
+def normal_cdf(x, mean=0.0, std=1.0):
+    return 0.5 * (1 + np.vectorize(math.erf)((np.asarray(x) - mean) / (std * math.sqrt(2))))
+
+
+DISTRIBUTIONS = {  # name: (sampler, cdf)
+    "normal": (lambda n, g: torch.randn(n, generator=g), normal_cdf),
+    "uniform": (lambda n, g: torch.rand(n, generator=g) * 2 - 1,
+                lambda x: np.clip((np.asarray(x) + 1) / 2, 0, 1)),
+    "bimodal": (lambda n, g: torch.randn(n, generator=g) * 0.5
+                + torch.where(torch.rand(n, generator=g) < 0.5, -2.0, 2.0),
+                lambda x: 0.5 * normal_cdf(x, -2, 0.5) + 0.5 * normal_cdf(x, 2, 0.5)),
+}
+
+
+def one_run_with(tmp_path, samples: dict[str, torch.Tensor], tensorboard_buckets=False) -> Run:
+    """An events file with the monitors' histograms (or TensorBoard's own) of ``samples``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from initlab.monitors.callbacks import write_histogram
+    from initlab.monitors.stats import histogram
+
+    writer = SummaryWriter(str(tmp_path))
+    for name, values in samples.items():
+        if tensorboard_buckets:
+            writer.add_histogram(f"hist/activation/{name}", values, 0)
+        else:
+            write_histogram(writer, f"hist/activation/{name}", histogram(values).tolist(), 0)
+    writer.close()
+    return Run(tmp_path, {}, [], None, None)
+
+
+@pytest.mark.parametrize("name", sorted(DISTRIBUTIONS))
+def test_report_histograms_are_the_true_density(tmp_path, name):
+    sampler, cdf = DISTRIBUTIONS[name]
+    n = 200_000
+    values = sampler(n, torch.Generator().manual_seed(0))
+    x, density = histogram_curves(one_run_with(tmp_path, {name: values}), "activation")[name]
+    width = x[1] - x[0]
+    p = cdf(x + width / 2) - cdf(x - width / 2)  # each bin's true probability
+    expected = p / width
+    noise = np.sqrt(n * p * (1 - p)) / (n * width)  # the binomial sd of each bin's density
+    assert np.all(np.abs(density - expected) <= 5 * noise + 1e-3 * expected.max())
+    assert (density * width).sum() == pytest.approx(1.0)
+
+
+def test_tensorboard_exponential_buckets_show_no_dip_at_zero(tmp_path):
+    values = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    run = one_run_with(tmp_path, {"normal": values}, tensorboard_buckets=True)
+    x, density = histogram_curves(run, "activation")["normal"]
+    central = np.abs(x) < 1.5  # where TensorBoard's buckets are narrower than the grid's
+    truth = np.exp(-x[central] ** 2 / 2) / math.sqrt(2 * math.pi)
+    assert np.allclose(density[central], truth, rtol=0.06)
+
+
+def test_curves_are_sorted_by_step_and_keep_the_last_write(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for step, value in ((0, 1.0), (5, 2.0), (10, 3.0), (5, 2.5), (15, 4.0)):  # a resume at 5
+        writer.add_scalar("val/acc", value, step)
+    writer.close()
+    assert Run(tmp_path, {}, [], None, None).scalars("val/acc") == [
+        (0, 1.0), (5, 2.5), (10, 3.0), (15, 4.0)]
+
+
+def largest_dip(density: np.ndarray) -> float:
+    """How far a bin falls below the lower of the highest densities on each side of it: 0 for a
+    unimodal curve, the depth of the hole for a bimodal one."""
+    dips = [min(density[:i].max(), density[i + 1:].max()) - density[i]
+            for i in range(1, len(density) - 1)]
+    return max(0.0, *dips)
+
+
+def test_tanh_activations_at_init_are_unimodal_densities(make_cfg, tmp_path):
+    """The paper's Fig. 6 shape at step 0: tanh 5 x 1000, raw pixels, standard and xavier."""
+    for scheme in ("standard", "xavier"):
+        out = tmp_path / scheme
+        run(make_cfg("model=mlp", "model.width=1000", "model.depth=5", "model.activation=tanh",
+                     f"init={scheme}", "data.normalize=false", "callbacks=default",
+                     "callbacks.probe.jacobian_samples=0", "logger=tensorboard", "test=false",
+                     "trainer.max_steps=1", f"output_dir={out}"))
+        curves = histogram_curves(Run(out, {}, [], None, None), "activation")
+        assert set(curves) == {f"fc{i}" for i in range(1, 6)}
+        for layer, (x, density) in curves.items():
+            assert largest_dip(density) < 0.1 * density.max(), (scheme, layer)
+            assert abs(x[density.argmax()]) < 0.25 * (x[-1] - x[0]), (scheme, layer)  # near 0

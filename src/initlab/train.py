@@ -222,14 +222,12 @@ def _test(cfg, trainer, module, datamodule) -> dict[str, float]:
 
 
 def _log_hyperparams(cfg, trainer, metrics: dict[str, float]) -> None:
-    """The HParams tab: the run's config with its final metrics; then close the events file."""
+    """The HParams tab (initlab.loggers.log_hparams); then close the events file."""
     if trainer.logger is None:
         return
-    params = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("checkpoint", "progress_bar", "logger", "output_dir"):
-        params.pop(key, None)
-    trainer.logger.log_hyperparams(params, metrics={k: v for k, v in metrics.items()
-                                                    if k.startswith(("test", "val/"))})
+    from initlab.loggers import log_hparams
+
+    log_hparams(trainer.logger, cfg, metrics, trainer.global_step)
     trainer.logger.finalize("success")
     if hasattr(trainer.logger, "close"):
         trainer.logger.close()

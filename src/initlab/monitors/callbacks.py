@@ -7,7 +7,6 @@ only on their own steps, and gradient norms stay on the device until a logging s
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +14,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from initlab.init import fans
-from initlab.monitors.stats import Probe, probe
+from initlab.monitors.stats import HISTOGRAM_BINS, JacobianConfig, Probe, histogram, probe
 from initlab.utils import atomic_write, weight_layers
 
 # stats.py key -> TensorBoard tag ({} = the layer's module name)
@@ -24,13 +23,15 @@ TAGS = {
     "activation_std": "activation/{}/std",
     "activation_p98": "activation/{}/p98",
     "activation_saturated": "activation/{}/saturated",
+    "preactivation_std": "preactivation/{}/std",
     "backprop_std": "backprop/{}/std",
     "weight_grad_std": "weight_grad/{}/std",
     "jacobian_mean_sv": "jacobian/{}/mean_sv",
+    "jacobian_mean_sv_stderr": "jacobian/{}/mean_sv_stderr",
+    "jacobian_rms_sv": "jacobian/{}/rms_sv",
     "fan_in_var": "weights/{}/fan_in_var",
     "fan_out_var": "weights/{}/fan_out_var",
 }
-HISTOGRAM_SAMPLE = 100_000  # values per histogram: enough for its shape, cheap to bin
 
 
 LAYOUT_CHARTS = {
@@ -43,9 +44,11 @@ LAYOUT_CHARTS = {
         "activation mean": ["activation/.*/mean"], "activation std": ["activation/.*/std"],
         "activation 98th percentile": ["activation/.*/p98"],
         "saturated (dead for ReLU) fraction": ["activation/.*/saturated"],
+        "pre-activation std": ["preactivation/.*/std"],
         "back-propagated gradient std dC/ds": ["backprop/.*/std"],
         "weight gradient std": ["weight_grad/.*/std"],
-        "Jacobian mean singular value": ["jacobian/.*/mean_sv"],
+        "Jacobian mean singular value": ["jacobian/.*/mean_sv$"],
+        "Jacobian RMS singular value": ["jacobian/.*/rms_sv"],
         "fan_in Var(W)": ["weights/.*/fan_in_var"], "fan_out Var(W)": ["weights/.*/fan_out_var"],
         "update ratio log10": ["update_ratio/.*"], "weight gradient L2 norm": ["grad_norm/.*"],
     },
@@ -58,6 +61,20 @@ def add_layout(logger: TensorBoardLogger) -> None:
     logger.experiment.add_custom_scalars({
         category: {title: ["Multiline", tags] for title, tags in charts.items()}
         for category, charts in LAYOUT_CHARTS.items()})
+
+
+def write_histogram(writer, tag: str, packed: list[float], step: int) -> bool:
+    """One :func:`initlab.monitors.stats.histogram` (moved to the host) as a TensorBoard raw
+    histogram: its uniform bins, right edges as bucket limits. An empty one (no finite value)
+    is skipped: returns False."""
+    lo, hi, num, total, squares, *counts = packed
+    if num == 0:
+        return False
+    span = hi - lo if hi > lo else 1.0
+    limits = [lo + span * (i + 1) / len(counts) for i in range(len(counts))]
+    writer.add_histogram_raw(tag, min=lo, max=hi, num=int(num), sum=total, sum_squares=squares,
+                             bucket_limits=limits, bucket_counts=counts, global_step=step)
+    return True
 
 
 def log_scalars(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
@@ -131,54 +148,67 @@ class ProbeMonitor(L.Callback):
     """Glorot & Bengio's statistics on a fixed probe set of ``num_examples`` held-out examples,
     at step 0 (before any update), every ``every_n_steps`` steps and at the end.
 
-    Histograms (``hist/activation|backprop|weight_grad/<layer>``) at step 0, every
-    ``histogram_every_n_steps`` and at the end; Jacobian singular values at step 0 and every
-    ``jacobian_every_n_steps`` (and at the end; null: step 0 only). Writes ``init_stats.json`` (the step-0
-    numbers and ``run_info``) into the run directory, and a TensorBoard custom-scalars layout.
-    Runs on rank 0 only.
+    Histograms (``hist/activation|backprop|weight_grad/<layer>``, every finite value) at step 0,
+    every ``histogram_every_n_steps`` and at the end; Jacobian singular values of the first
+    ``jacobian_samples`` probe examples at step 0 and every ``jacobian_every_n_steps`` (and at
+    the end; null: step 0 only; ``jacobian_samples=0``: never), exact or estimated
+    (``jacobian_method``, see :func:`initlab.monitors.stats.jacobian_sv`). Writes
+    ``init_stats.json`` (the step-0 numbers and ``run_info``) into the run directory. Runs on
+    rank 0 only; one host transfer a probe.
     """
 
     def __init__(self, num_examples: int = 300, every_n_steps: int = 250,
                  histogram_every_n_steps: int | None = 1000,
-                 jacobian_every_n_steps: int | None = None, jacobian_samples: int = 10,
+                 jacobian_every_n_steps: int | None = None, jacobian_samples: int | None = 10,
+                 jacobian_method: str = "auto", jacobian_max_exact: int = 1_000_000,
+                 jacobian_probes: int = 4, jacobian_lanczos_steps: int = 30,
                  run_info: dict | None = None):
         self.num_examples, self.every_n_steps = num_examples, every_n_steps
         self.histogram_every_n_steps = histogram_every_n_steps
-        self.jacobian_every_n_steps, self.jacobian_samples = jacobian_every_n_steps, jacobian_samples
+        self.jacobian_every_n_steps = jacobian_every_n_steps
+        try:
+            self.jacobian: JacobianConfig | None = JacobianConfig(
+                jacobian_samples or None, jacobian_method, jacobian_max_exact, jacobian_probes,
+                jacobian_lanczos_steps)
+        except ValueError as err:
+            raise ValueError(f"callbacks.probe.{err}") from None
+        if jacobian_samples == 0:  # no Jacobians
+            self.jacobian = None
         self.run_info = dict(run_info or {})
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_step = -1
 
-    def _measure(self, trainer, pl_module, step: int, jacobian: bool, histograms: bool) -> Probe:
+    def _measure(self, trainer, pl_module, step: int, jacobian: bool, histograms: bool
+                 ) -> tuple[Probe, dict[str, dict[str, float]]]:
+        """Probe, log, and return the result with its scalars as host numbers."""
         model = pl_module.model
         x, y = self._batch
         result = probe(model, x, y, getattr(model, "activation", "linear"),
-                       jacobian_samples=self.jacobian_samples if jacobian else 0)
-        metrics = {TAGS[key].format(layer): value
-                   for layer, stats in result.scalars.items()
-                   for key, value in stats.items() if key in TAGS}
-        values = torch.stack(list(metrics.values())).tolist()  # one host transfer
-        log_scalars(trainer, dict(zip(metrics, values)), step)
-        if histograms:
-            self._histograms(trainer, result, step)
-        self._last_step = step
-        return result
-
-    def _histograms(self, trainer, result: Probe, step: int) -> None:
-        for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger):
-                continue
+                       jacobian=self.jacobian if jacobian else None)
+        keys = [(layer, key) for layer, stats in result.scalars.items() for key in stats]
+        packed = [torch.stack([result.scalars[layer][key].double() for layer, key in keys])]
+        hist_tags = []
+        if histograms and any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
             for kind, tensors in (("activation", result.activations),
                                   ("backprop", result.backprop),
                                   ("weight_grad", result.weight_grads)):
                 for layer, t in tensors.items():
-                    flat = t.detach().flatten()
-                    flat = flat[torch.isfinite(flat)]  # a diverging run: bin what is finite
-                    if flat.numel() == 0:
-                        continue
-                    if flat.numel() > HISTOGRAM_SAMPLE:
-                        flat = flat[:: math.ceil(flat.numel() / HISTOGRAM_SAMPLE)]
-                    logger.experiment.add_histogram(f"hist/{kind}/{layer}", flat.float().cpu(), step)
+                    hist_tags.append(f"hist/{kind}/{layer}")
+                    packed.append(histogram(t, HISTOGRAM_BINS))
+        values = torch.cat(packed).tolist()  # the one host transfer
+        host: dict[str, dict[str, float]] = {}
+        for (layer, key), value in zip(keys, values):
+            host.setdefault(layer, {})[key] = value
+        log_scalars(trainer, {TAGS[key].format(layer): value for layer, stats in host.items()
+                              for key, value in stats.items() if key in TAGS}, step)
+        width = HISTOGRAM_BINS + 5
+        for i, tag in enumerate(hist_tags):
+            chunk = values[len(keys) + i * width: len(keys) + (i + 1) * width]
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    write_histogram(logger.experiment, tag, chunk, step)
+        self._last_step = step
+        return result, host
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -186,10 +216,10 @@ class ProbeMonitor(L.Callback):
         x, y = trainer.datamodule.probe_batch(self.num_examples)
         self._batch = (x.to(pl_module.device), y.to(pl_module.device))
         step = trainer.global_step
-        result = self._measure(trainer, pl_module, step, jacobian=True,
-                               histograms=self.histogram_every_n_steps is not None)
+        result, host = self._measure(trainer, pl_module, step, jacobian=True,
+                                     histograms=self.histogram_every_n_steps is not None)
         if step == 0:
-            self._write_init_stats(trainer, pl_module, result)
+            self._write_init_stats(trainer, pl_module, result, host)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -205,17 +235,22 @@ class ProbeMonitor(L.Callback):
                           jacobian=self.jacobian_every_n_steps is not None,
                           histograms=self.histogram_every_n_steps is not None)
 
-    def _write_init_stats(self, trainer, pl_module, result: Probe) -> None:
+    def _write_init_stats(self, trainer, pl_module, result: Probe,
+                          host: dict[str, dict[str, float]]) -> None:
         layers = weight_layers(pl_module.model)
         table = {}
-        for name, stats in result.scalars.items():
+        for name, stats in host.items():
             fan_in, fan_out = fans(layers[name].weight)
-            table[name] = {"fan_in": fan_in, "fan_out": fan_out,
-                           **{k: float(v) for k, v in stats.items()}}
+            table[name] = {"fan_in": fan_in, "fan_out": fan_out, **stats}
+            if name in result.jacobian_method:
+                table[name]["jacobian_method"] = result.jacobian_method[name]
         hidden = [n for n in table if "jacobian_mean_sv" in table[n]]
         summary = {
             **self.run_info,
+            "jacobian_samples": (len(self._batch[0][: self.jacobian.samples])
+                                 if self.jacobian is not None else 0),
             "layers": table,
+            # the mean over hidden layers of each layer's mean singular value
             "jacobian_mean_sv": (sum(table[n]["jacobian_mean_sv"] for n in hidden) / len(hidden)
                                  if hidden else None),
         }

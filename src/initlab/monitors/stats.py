@@ -2,34 +2,108 @@
 
 Pure functions over a model that exposes ``hidden_layers()`` -> [(name, layer, activation)]:
 the activation module's input is the pre-activation s, its output the activation z.
-Everything stays a tensor on the model's device; callers move numbers to the host.
+Everything stays a tensor on the model's device; callers move numbers to the host. Nothing
+here draws from the global random generator (training is the same with monitors on or off).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
 from initlab.init import fans
 from initlab.utils import weight_layers
 
-SATURATION = 0.97
-QUANTILE_SAMPLE = 1 << 17  # tanh/softsign |a| > 0.97; sigmoid a < 0.03 or a > 0.97
+SATURATION = 0.97  # tanh/softsign |a| > 0.97; sigmoid a < 0.03 or a > 0.97; elu a < -0.97
+# p98 from all values up to this many, else from a seeded uniform sample of this size: its
+# error is ~0.25% (1 sd) on the default CNN's conv1 (4M values at 300 examples), whose full
+# sort would cost more than the rest of the probe on a CPU.
+QUANTILE_SAMPLE = 1 << 19
+HISTOGRAM_BINS = 64
+JACOBIAN_METHODS = ("auto", "exact", "slq")
+_BATCHNORM = nn.modules.batchnorm._BatchNorm
 
 
 def saturated_fraction(a: torch.Tensor, activation: str) -> torch.Tensor:
-    """Fraction of saturated units; for ReLU the fraction of units dead on the whole batch."""
+    """Fraction of saturated (or dead) units among the finite values of ``a``.
+
+    tanh/softsign: |a| > 0.97; sigmoid: a < 0.03 or a > 0.97; elu: a < -0.97 (its slope
+    e^s = a + 1 is below 0.03: the negative saturation); relu and leaky_relu: the fraction of
+    units (channels for a conv) whose pre-activation is <= 0 at every position of every probe
+    example (dead for ReLU; on leaky ReLU's 0.01 slope only); linear: 0 (never saturates).
+    """
+    if activation in ("relu", "leaky_relu"):
+        per_channel = a.transpose(0, 1).flatten(1)  # (channels or units, everything else)
+        return (per_channel <= 0).all(dim=1).float().mean()
+    finite = torch.isfinite(a)
     if activation in ("tanh", "softsign"):
-        return (a.abs() > SATURATION).float().mean()
-    if activation == "sigmoid":
-        return ((a < 1 - SATURATION) | (a > SATURATION)).float().mean()
-    if activation == "relu":
-        return (a.flatten(1) <= 0).all(dim=0).float().mean()
-    return torch.zeros((), device=a.device)
+        hit = a.abs() > SATURATION
+    elif activation == "sigmoid":
+        hit = (a < 1 - SATURATION) | (a > SATURATION)
+    elif activation == "elu":
+        hit = a < -SATURATION
+    else:
+        return torch.zeros((), device=a.device)
+    return (hit & finite).sum() / finite.sum().clamp_min(1)
+
+
+def finite_quantile(t: torch.Tensor, q: float, generator: torch.Generator,
+                    sample: int = QUANTILE_SAMPLE) -> torch.Tensor:
+    """The q-quantile of the finite values of ``t`` (NaN if none): over all values when there
+    are at most ``sample``, else over ``sample`` values drawn uniformly (with replacement) by
+    ``generator``. No host sync."""
+    flat = t.detach().flatten().float()
+    if flat.numel() > sample:
+        flat = flat[torch.randint(flat.numel(), (sample,), device=flat.device, generator=generator)]
+    return torch.nanquantile(torch.where(torch.isfinite(flat), flat, torch.nan), q)
+
+
+def histogram(t: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
+    """Histogram of every finite value of ``t`` on ``bins`` uniform bins from its min to its max,
+    on the device, as one float64 vector: [min, max, count, sum, sum of squares, bin counts...].
+    Non-finite values are not counted; with none finite, count is 0."""
+    flat = t.detach().flatten()
+    finite = torch.isfinite(flat)
+    lo = torch.where(finite, flat, torch.inf).min().double()
+    hi = torch.where(finite, flat, -torch.inf).max().double()
+    span = torch.where(hi > lo, hi - lo, 1.0)
+    index = ((flat.double() - lo) / span * bins).floor().clamp(0, bins - 1)
+    index = torch.where(finite, index, bins).long()  # non-finite go to a dropped extra bin
+    counts = torch.zeros(bins + 1, dtype=torch.float64, device=flat.device)
+    counts.index_add_(0, index, torch.ones((), dtype=torch.float64, device=flat.device)
+                      .expand(index.numel()))
+    values = torch.where(finite, flat, 0).double()
+    return torch.cat([torch.stack([lo, hi, finite.sum().double(), values.sum(),
+                                   values.pow(2).sum()]), counts[:bins]])
+
+
+@dataclass(frozen=True)
+class JacobianConfig:
+    """How the Jacobian singular values are measured (see :func:`jacobian_sv`)."""
+
+    samples: int | None = 10  # probe examples (None: all)
+    method: str = "auto"  # exact, slq, or auto: exact when m * n <= max_exact
+    max_exact: int = 1_000_000  # entries of one example's Jacobian
+    probes: int = 4  # slq: random vectors per example
+    steps: int = 30  # slq: Lanczos steps per vector
+
+    def __post_init__(self):
+        if self.method not in JACOBIAN_METHODS:
+            raise ValueError(f"jacobian_method={self.method!r} is invalid: allowed {JACOBIAN_METHODS}")
+        for key, value, least, extra in (
+                ("jacobian_samples", self.samples, 1, ", 0 (no Jacobians) or null (all examples)"),
+                ("jacobian_max_exact", self.max_exact, 0, ""),
+                ("jacobian_probes", self.probes, 2, " (the error bar needs two)"),
+                ("jacobian_lanczos_steps", self.steps, 2, "")):
+            if value is None and key == "jacobian_samples":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{key}={value!r} is invalid: it must be an integer >= {least}{extra}")
 
 
 @dataclass
@@ -40,34 +114,64 @@ class Probe:
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
     backprop: dict[str, torch.Tensor] = field(default_factory=dict)
     weight_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    jacobian_method: dict[str, str] = field(default_factory=dict)  # layer -> exact or slq
+
+
+@contextmanager
+def probe_mode(model: nn.Module):
+    """Eval mode (dropout off), except BatchNorm: it normalises with the probe batch's own
+    statistics, as in training, without updating its running statistics."""
+    was_training = {m: m.training for m in model.modules()}
+    norms = [m for m in model.modules() if isinstance(m, _BATCHNORM)]
+    tracking = [m.track_running_stats for m in norms]
+    model.eval()
+    for m in norms:
+        m.train()
+        m.track_running_stats = False  # batch statistics, and the running ones stay untouched
+    try:
+        yield
+    finally:
+        for m, track in zip(norms, tracking):
+            m.track_running_stats = track
+        for m, mode in was_training.items():
+            m.training = mode
 
 
 def _capture(model: nn.Module):
-    """Forward hooks recording each hidden layer's input, pre-activation and activation."""
+    """Forward hooks recording each hidden layer's pre-activation and activation, and the batch
+    statistics each BatchNorm normalised with (as buffers for a functional call)."""
     record: dict[str, dict[str, torch.Tensor]] = {}
+    batch_stats: dict[str, torch.Tensor] = {}
     handles = []
-    for name, layer, act in model.hidden_layers():
+    for name, _, act in model.hidden_layers():
         entry = record.setdefault(name, {})
-        handles.append(layer.register_forward_hook(
-            lambda m, inp, out, e=entry: e.update(layer_in=inp[0], layer_out=out)))
         handles.append(act.register_forward_hook(
             lambda m, inp, out, e=entry: e.update(pre=inp[0], act=out)))
-    return record, handles
+
+    def norm_stats(name):
+        def hook(m, inp):
+            x = inp[0].detach()
+            dims = [d for d in range(x.dim()) if d != 1]
+            batch_stats[f"{name}.running_mean"] = x.mean(dims)
+            batch_stats[f"{name}.running_var"] = x.var(dims, unbiased=False)
+        return hook
+
+    for name, m in model.named_modules():
+        if isinstance(m, _BATCHNORM) and m.running_mean is not None:
+            handles.append(m.register_forward_pre_hook(norm_stats(name)))
+    return record, batch_stats, handles
 
 
 def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, activation: str,
-          jacobian_samples: int | None = 0) -> Probe:
-    """One forward/backward pass on the probe batch, in eval mode, leaving ``.grad`` untouched.
-
-    ``jacobian_samples``: 0 skips the Jacobians; otherwise the number of examples used for the
-    exact SVD of fully connected layers (None = all).
-    """
-    was_training = model.training
-    model.eval()
+          jacobian: JacobianConfig | None = None, seed: int = 0) -> Probe:
+    """One forward/backward pass on the probe batch in :func:`probe_mode`, leaving ``.grad``
+    and every buffer untouched; ``jacobian`` None skips the Jacobians. ``seed`` seeds the
+    percentile sample and the Lanczos probe vectors."""
     result = Probe()
-    try:
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    with probe_mode(model):
         with torch.enable_grad():
-            record, handles = _capture(model)
+            record, batch_stats, handles = _capture(model)
             try:
                 loss = F.cross_entropy(model(x), y)
             finally:
@@ -87,93 +191,170 @@ def probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, activation: str,
                 "weight_grad_std": g.std(), "weight_var": var,
                 "fan_in_var": fan_in * var, "fan_out_var": fan_out * var,
             }
-        for name, g in zip(names, grads[: len(pre)]):
+        for name, s, g in zip(names, pre, grads[: len(pre)]):
             a = record[name]["act"].detach()
             result.activations[name], result.backprop[name] = a, g
-            flat = a.flatten().float()
-            # quantile sorts its input: a strided sample of <= 131k values keeps it cheap
-            sample = flat[:: -(-flat.numel() // QUANTILE_SAMPLE)]
             result.scalars[name].update({
                 "activation_mean": a.mean(), "activation_std": a.std(),
-                "activation_p98": torch.quantile(sample, 0.98),
+                "activation_p98": finite_quantile(a, 0.98, generator),
                 "activation_saturated": saturated_fraction(a, activation),
+                "preactivation_std": s.detach().std(),
                 "backprop_std": g.std(),
             })
-        if jacobian_samples != 0:
-            for name, sv in jacobian_mean_sv(model, x, record, jacobian_samples).items():
-                result.scalars[name]["jacobian_mean_sv"] = sv
-    finally:
-        model.train(was_training)
+        if jacobian is not None:
+            n = jacobian.samples
+            inputs = [x[:n]] + [record[name]["act"].detach()[:n] for name in names[:-1]]
+            for k, name in enumerate(names):
+                stats, method = jacobian_sv(model, x[:n], k, inputs[k], jacobian, generator,
+                                            batch_stats)
+                result.scalars[name].update(stats)
+                result.jacobian_method[name] = method
     return result
 
 
-def _direct_linear(layer: nn.Module, entry: dict, previous: torch.Tensor) -> bool:
-    """True when z_k = act(W z_{k-1} + b) exactly: a Linear fed the previous activation and
-    feeding its activation directly (no pooling, normalisation or reshaping in between)."""
-    return (isinstance(layer, nn.Linear)
-            and entry["layer_in"].data_ptr() == previous.data_ptr()
-            and entry["layer_in"].numel() == previous.numel()
-            and entry["layer_out"].data_ptr() == entry["pre"].data_ptr())
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the block's output exists."""
 
 
-@torch.no_grad()
-def jacobian_mean_sv(model: nn.Module, x: torch.Tensor, record: dict,
-                     samples: int | None = None) -> dict[str, torch.Tensor]:
-    """Mean singular value of J_k = dz_k/dz_{k-1} per hidden layer (z_0 = the input).
-
-    Fully connected layers: J = diag(f'(s_k)) W_k, exact SVD per example (first ``samples``
-    examples), averaged. Other layers (conv, pooling, normalisation in between): the
-    root-mean-square singular value sqrt(||J||_F^2 / min(m, n)), with ||J||_F^2 = E||J v||^2
-    for v ~ N(0, I) computed by forward-mode AD, one tangent per example (first ``samples``
-    examples); RMS >= mean.
-    """
-    out: dict[str, torch.Tensor] = {}
+def block_function(model: nn.Module, x: torch.Tensor, k: int,
+                   buffers: dict[str, torch.Tensor] | None = None) -> Callable:
+    """z_{k-1} -> z_k (z_0 = the input, z_k = hidden layer k's activation) through the model's
+    own forward, whatever sits in between (pooling, normalisation, reshaping): the forward runs
+    on ``x`` with activation k-1's output replaced by the argument, and stops at activation k.
+    ``buffers`` override module buffers (BatchNorm's running statistics), so that examples stay
+    independent. The model should be in eval mode."""
     hidden = model.hidden_layers()
-    previous = x
-    for k, (name, layer, act) in enumerate(hidden):
-        entry = record[name]
-        if _direct_linear(layer, entry, previous):
-            s = entry["pre"][:samples].detach()
-            with torch.enable_grad():
-                s_ = s.clone().requires_grad_()
-                slope = torch.autograd.grad(act(s_).sum(), s_)[0]
-            jac = slope.unsqueeze(-1) * layer.weight.detach()
-            try:
-                out[name] = torch.linalg.svdvals(jac).mean()
-            except RuntimeError:  # non-finite weights of a diverging run: SVD cannot converge
-                out[name] = torch.tensor(float("nan"), device=jac.device)
-        else:
-            out[name] = _rms_sv(model, x[:samples], hidden, k)
-        previous = entry["act"]
-    return out
+    source = hidden[k - 1][2] if k > 0 else None
+    target = hidden[k][2]
+
+    def block(z: torch.Tensor) -> torch.Tensor:
+        seen = {}
+
+        def stop(module, inp, out):
+            seen["z"] = out
+            raise _Stop
+
+        handles = [target.register_forward_hook(stop)]
+        if source is not None:
+            handles.append(source.register_forward_hook(lambda module, inp, out: z))
+        try:
+            torch.func.functional_call(model, buffers or {}, (z if source is None else x,))
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return seen["z"]
+
+    return block
 
 
-def _rms_sv(model: nn.Module, x: torch.Tensor, hidden, k: int) -> torch.Tensor:
-    target_act = hidden[k][2]
-    source_act = hidden[k - 1][2] if k > 0 else None
-    seen: dict[str, torch.Tensor] = {}
+def jacobian_sv(model: nn.Module, x: torch.Tensor, k: int, z: torch.Tensor,
+                config: JacobianConfig, generator: torch.Generator,
+                batch_stats: dict[str, torch.Tensor] | None = None,
+                ) -> tuple[dict[str, torch.Tensor], str]:
+    """Mean and RMS singular value of J_k = dz_k/dz_{k-1} at each example of ``x`` (``z`` =
+    z_{k-1} there), pooled over the examples: ``jacobian_mean_sv`` (the paper's statistic),
+    ``jacobian_rms_sv`` = sqrt(||J||_F^2 / min(m, n)) and, when estimated,
+    ``jacobian_mean_sv_stderr``. Returns them and the method used ("exact" or "slq").
 
-    def perturb(module, inp, output):
-        seen["v"] = torch.randn_like(output)
-        return fwAD.make_dual(output, seen["v"])
-
-    def read(module, inp, output):
-        seen["z"], seen["jv"] = output, fwAD.unpack_dual(output).tangent
-
-    handles = [target_act.register_forward_hook(read)]
-    if source_act is not None:
-        handles.append(source_act.register_forward_hook(perturb))
+    exact: J of each example built from min(m, n) vector-Jacobian (or Jacobian-vector)
+    products, singular values from its Gram matrix. slq: stochastic Lanczos quadrature
+    (Ubaru, Chen & Saad 2017) of tr((J^T J)^(1/2)) / min(m, n), on the smaller side of J, from
+    ``config.probes`` Rademacher vectors per example and ``config.steps`` Lanczos steps, each
+    step one J and one J^T product; the error bar is the standard error over the probe vectors
+    (the quadrature's own error is not in it). ``method="auto"``: exact when J has at most
+    ``config.max_exact`` entries. BatchNorm uses the probe batch's statistics, held fixed.
+    """
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
     try:
-        with fwAD.dual_level():
-            if source_act is None:
-                seen["v"] = torch.randn_like(x)
-                model(fwAD.make_dual(x, seen["v"]))
-            else:
-                model(x)
+        with torch.no_grad():
+            z = z.detach()
+            m = block_function(model, x[:1], k, batch_stats)(z[:1])[0].numel()
+            n = z[0].numel()
+            method = config.method
+            if method == "auto":
+                method = "exact" if m * n <= config.max_exact else "slq"
+            if method == "exact":
+                return _exact_sv(*_linearize(model, x, k, z, batch_stats)), method
+            # one row per (probe vector, example): plain batched products beat vmap over probes
+            x, z = torch.cat([x] * config.probes), torch.cat([z] * config.probes)
+            return _slq_sv(*_linearize(model, x, k, z, batch_stats), config, generator), method
     finally:
-        for h in handles:
-            h.remove()
-    jv, v = seen["jv"], seen["v"]
-    m, n = jv[0].numel(), v[0].numel()
-    frob2 = jv.flatten(1).pow(2).sum(1) * n / v.flatten(1).pow(2).sum(1)  # E||Jv||^2, |v|^2 ~ n
-    return (frob2 / min(m, n)).sqrt().mean()
+        for module, mode in was_training.items():
+            module.training = mode
+
+
+def _linearize(model, x, k, z, batch_stats):
+    """(z, z_k, v -> J v, u -> J^T u) at each example (row) of ``z``."""
+    out, vjp_fn = torch.func.vjp(block_function(model, x, k, batch_stats), z)
+
+    def jt(u):
+        return vjp_fn(u)[0]
+
+    _, vjp_jt = torch.func.vjp(jt, torch.zeros_like(out))  # jt is linear: its VJP is J
+
+    def j(v):
+        return vjp_jt(v)[0]
+
+    return z, out, j, jt
+
+
+def _exact_sv(z, out, j, jt) -> dict[str, torch.Tensor]:
+    """Each example's J from min(m, n) products with basis vectors; its singular values are the
+    square roots of the eigenvalues of the smaller Gram matrix, solved in float64 (as fast as
+    ``svdvals`` when J is square, ~7x faster when wide; float32 ``eigvalsh`` can return NaN on
+    the zero rows of dead ReLU units)."""
+    rows, op = (out, jt) if out[0].numel() <= z[0].numel() else (z, j)
+    d, b, other = rows[0].numel(), len(z), (z if rows is out else out)[0].numel()
+    basis = torch.eye(d, dtype=z.dtype, device=z.device).reshape(d, 1, *rows.shape[1:])
+    chunk = max(1, (1 << 25) // (b * other))  # bound the memory (128 MiB a chunk)
+    jac = torch.func.vmap(op, chunk_size=chunk)(basis.expand(d, *rows.shape))
+    jac = jac.reshape(d, b, other).transpose(0, 1)  # (examples, d, other side)
+    gram = (jac @ jac.transpose(1, 2)).double()
+    finite = torch.isfinite(gram).flatten(1).all(1)
+    # non-finite weights of a diverging run: the eigensolver cannot converge, report NaN
+    eig = torch.linalg.eigvalsh(torch.where(finite[:, None, None], gram, 0))
+    sv = torch.where(finite[:, None], eig.clamp_min(0).sqrt(), torch.nan)
+    return {"jacobian_mean_sv": sv.mean().float(), "jacobian_rms_sv": sv.pow(2).mean().sqrt().float()}
+
+
+def _slq_sv(z, out, j, jt, config: JacobianConfig, generator) -> dict[str, torch.Tensor]:
+    """Rows of ``z`` are (probe vector, example) pairs, probe-major."""
+    if z[0].numel() <= out[0].numel():
+        like, matvec = z, (lambda v: jt(j(v)))  # J^T J
+    else:
+        like, matvec = out, (lambda u: j(jt(u)))  # J J^T
+    p = config.probes
+    b, d = len(z) // p, like[0].numel()
+    steps = min(config.steps, d)
+    signs = torch.randint(0, 2, (p * b, d), device=z.device, generator=generator)
+    q = (2 * signs - 1).to(z.dtype) / d**0.5  # unit Rademacher vectors
+    basis = q.new_zeros(steps, p * b, d)
+    alpha, beta = [], []
+    for i in range(steps):
+        basis[i] = q
+        w = matvec(q.reshape(like.shape)).reshape(p * b, d)
+        alpha.append((w * q).sum(-1))
+        done = basis[: i + 1]
+        for _ in range(2):  # full reorthogonalisation, twice: float32 Lanczos loses it fast
+            w = w - torch.einsum("kr,krd->rd", torch.einsum("krd,rd->kr", done, w), done)
+        if i + 1 < steps:
+            norm = w.norm(dim=-1)
+            beta.append(norm)
+            q = w / norm.clamp_min(torch.finfo(w.dtype).tiny).unsqueeze(-1)  # 0 if exhausted
+    diag = torch.stack(alpha, -1).double()
+    tri = torch.diag_embed(diag)
+    if beta:
+        off = torch.diag_embed(torch.stack(beta, -1).double(), offset=1)
+        tri = tri + off + off.transpose(-1, -2)
+    finite = torch.isfinite(tri).flatten(1).all(-1)
+    theta, vectors = torch.linalg.eigh(torch.where(finite[:, None, None], tri, 0))
+    # Gauss quadrature: v^T f(A) v / |v|^2 = sum_k tau_k^2 f(theta_k), tau = first components
+    per_probe = (vectors[:, 0, :].pow(2) * theta.clamp_min(0).sqrt()).sum(-1)
+    per_probe = torch.where(finite, per_probe, torch.nan).reshape(p, b)
+    stderr = (per_probe.var(0) / p).sum().sqrt() / b
+    rms = diag[:, 0].mean().sqrt()  # Hutchinson: v^T A v / |v|^2 estimates tr(A) / d
+    return {"jacobian_mean_sv": per_probe.mean().float(), "jacobian_rms_sv": rms.float(),
+            "jacobian_mean_sv_stderr": stderr.float()}

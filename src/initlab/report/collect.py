@@ -59,9 +59,11 @@ class Run:
         return acc
 
     def scalars(self, tag: str) -> list[tuple[int, float]]:
+        """(step, value) sorted by step; of two points at one step, the one written last (a
+        resumed run re-logs the steps after its checkpoint)."""
         if tag not in self.events.Tags().get("scalars", []):
             return []
-        return [(e.step, e.value) for e in self.events.Scalars(tag)]
+        return sorted({e.step: e.value for e in self.events.Scalars(tag)}.items())
 
     def scalar_tags(self, prefix: str) -> list[str]:
         return sorted(t for t in self.events.Tags().get("scalars", []) if t.startswith(prefix))

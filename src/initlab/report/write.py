@@ -8,16 +8,18 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from initlab.data.sources import atomic_write  # noqa: E402
+from initlab.monitors.stats import HISTOGRAM_BINS  # noqa: E402
 from initlab.report.collect import Run  # noqa: E402
+from initlab.utils import atomic_write  # noqa: E402
 
 LOG_SCALE = {"weight_grad", "backprop", "grad_norm"}
 AT_INIT_KEYS = (("activation_std", "activation std"), ("backprop_std", "backprop std"),
-                ("jacobian_mean_sv", "Jacobian mean sv"))
+                ("jacobian_mean_sv", "Jacobian mean singular value"))
 
 
 def _fmt(value, digits=4) -> str:
@@ -84,10 +86,22 @@ def _at_init_markdown(runs: list[Run]) -> list[str]:
                   "| layer | " + " | ".join(f"{r.activation} / {r.init}" for r in ordered) + " |",
                   "|---" * (len(ordered) + 1) + "|"]
         for name in layers:
-            values = [r.init_stats["layers"].get(name, {}).get(key) for r in ordered]
-            lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in values) + " |")
+            cells = [_cell(r.init_stats["layers"].get(name, {}), key) for r in ordered]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if key == "jacobian_mean_sv":
+            lines += ["", "*exact*: from the explicit Jacobian; *slq*: stochastic Lanczos "
+                      "quadrature estimate ± its standard error."]
         lines.append("")
     return lines
+
+
+def _cell(stats: dict, key: str) -> str:
+    text = _fmt(stats.get(key))
+    if key == "jacobian_mean_sv" and key in stats:
+        error = stats.get("jacobian_mean_sv_stderr")
+        text += f" ± {_fmt(error, 2)}" if error is not None else ""
+        text += f" ({stats['jacobian_method']})" if "jacobian_method" in stats else ""
+    return text
 
 
 def _layers(run: Run, family: str, stat: str = "") -> list[str]:
@@ -124,26 +138,60 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def histogram_density(hist, bins: int = HISTOGRAM_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """(bin centres, density) of a TensorBoard histogram proto on ``bins`` uniform bins from
+    its min to its max: each bucket's count spread evenly over its width, divided by the total
+    count and the bin width, so the curve integrates to 1. Buckets are read as TensorBoard
+    reads them (empty end buckets dropped, outer edges at min and max); TensorBoard's own
+    exponential buckets, tiny near 0, are re-binned too, so they show no false dip at 0.
+    Empty when there is nothing to spread (no count, or every value equal)."""
+    counts = np.asarray(hist.bucket, dtype=float)
+    nonzero = np.flatnonzero(counts > 0)
+    if not len(nonzero) or not hist.max > hist.min:
+        return np.empty(0), np.empty(0)
+    start, end = nonzero[0], nonzero[-1]
+    inner = np.asarray(hist.bucket_limit[start:end], dtype=float)
+    lefts = np.concatenate([[hist.min], inner])
+    rights = np.concatenate([inner, [hist.max]])
+    counts = counts[start: end + 1]
+    grid = np.linspace(hist.min, hist.max, bins + 1)
+    # mass of each bucket in each grid bin: uniform within the bucket
+    overlap = (np.minimum(rights[:, None], grid[None, 1:])
+               - np.maximum(lefts[:, None], grid[None, :-1])).clip(min=0)
+    widths = rights - lefts
+    share = np.where(widths[:, None] > 0, overlap / np.where(widths > 0, widths, 1)[:, None], 0)
+    point = widths <= 0  # a zero-width bucket: all in the grid bin holding it
+    share[point, np.clip(np.searchsorted(grid, lefts[point], side="right") - 1, 0, bins - 1)] = 1
+    mass = counts @ share
+    width = grid[1] - grid[0]
+    return (grid[:-1] + grid[1:]) / 2, mass / (counts.sum() * width)
+
+
+def histogram_curves(run: Run, kind: str, step: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """layer -> (x, density) of the run's ``hist/<kind>/<layer>`` at ``step``: the figure's data."""
+    curves = {}
+    for tag in sorted(t for t in run.events.Tags().get("histograms", [])
+                      if t.startswith(f"hist/{kind}/")):
+        hist = run.histogram(tag, step)
+        if hist is not None:
+            x, density = histogram_density(hist)
+            if len(x):
+                curves[tag.split("/")[-1]] = (x, density)
+    return curves
+
+
 def _histogram_figure(runs: list[Run], kind: str, path: Path) -> bool:
-    panels = [r for r in runs if any(t.startswith(f"hist/{kind}/")
-                                     for t in r.events.Tags().get("histograms", []))]
+    panels = [(r, curves) for r in runs if (curves := histogram_curves(r, kind))]
     if not panels:
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, run in zip(axes[0], panels):
-        tags = sorted(t for t in run.events.Tags()["histograms"] if t.startswith(f"hist/{kind}/"))
-        for tag in tags:
-            hist = run.histogram(tag, 0)
-            if hist is None or not hist.bucket_limit:
-                continue
-            limits = list(hist.bucket_limit)
-            counts = list(hist.bucket)
-            lows = [hist.min] + limits[:-1]
-            centres = [(a + b) / 2 for a, b in zip(lows, limits)]
-            ax.plot(centres, counts, label=tag.split("/")[-1], lw=1.2)
+    for ax, (run, curves) in zip(axes[0], panels):
+        for layer, (x, density) in curves.items():
+            ax.plot(x, density, label=layer, lw=1.2)
         ax.set_title(f"{run.activation} / {run.init}", fontsize=9)
+        ax.set_ylabel("density")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{kind} histograms at initialization (step 0)")
+    fig.suptitle(f"{kind} densities at initialization (step 0)")
     fig.tight_layout()
     _save(fig, path)
     return True
