@@ -58,7 +58,7 @@ def hparams_columns(cfg: DictConfig) -> dict[str, object]:
         "seed": cfg.seed,
         "shape": (f"{model.depth}x{model.width}" if "depth" in model
                   else f"{list(model.channels)} {model.hidden}" if "channels" in model else ""),
-        "momentum": optim.get("momentum", optim.get("betas", [None])[0]),
+        "momentum_or_beta1": optim.get("momentum", optim.get("betas", [None])[0]),
         "weight_decay": optim.get("weight_decay"),
         "scheduler": _short((cfg.get("scheduler") or {}).get("_target_")),
         "batch_size": data.batch_size,
