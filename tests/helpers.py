@@ -140,3 +140,39 @@ class CrashAtStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.step is not None and trainer.global_step == self.step:
             raise RuntimeError(f"simulated crash at step {self.step}")
+
+
+RESUME_RECIPE = ["seed=7", "model.dropout=0.3", "augment=noise_skew", "optim=adam",
+                 "scheduler=onecycle", "trainer.deterministic=true", "robustness=null",
+                 "trainer.max_epochs=4"]
+
+
+def assert_resume_after_two_epochs_matches(make_cfg, tmp_path: Path, *extra: str) -> Path:
+    """Train 4 epochs straight; train 2, resume from last.ckpt to 4; the metrics (1e-6) and
+    weights must agree. Returns the interrupted run's folder."""
+    import json
+
+    import pytest
+    import torch
+
+    from initlab.train import build, run
+
+    common = [*extra, *RESUME_RECIPE]
+    full, first, resumed = (tmp_path / name for name in ("full", "first", "resumed"))
+    run(make_cfg(*common, f"output_dir={full}", outputs=True))
+    datamodule, module, trainer = build(make_cfg(*common, f"output_dir={first}", outputs=True))
+    trainer.callbacks.append(StopAfterEpochs(2))
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 6
+    run(make_cfg(*common, f"output_dir={resumed}",
+                 f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", outputs=True))
+    a = json.loads((full / "result.json").read_text())
+    b = json.loads((resumed / "result.json").read_text())
+    assert a["status"] == b["status"] != "failed"
+    assert a["steps"] == b["steps"] == 12
+    for key in ("test/acc", "test/loss", "val/acc", "val/loss"):
+        assert a["metrics"][key] == pytest.approx(b["metrics"][key], abs=1e-6), key
+    wa, wb = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu",
+                         weights_only=False)["state_dict"] for d in (full, resumed))
+    assert [k for k in wa if not torch.allclose(wa[k], wb[k], atol=1e-6)] == []
+    return first

@@ -15,7 +15,12 @@ import pytest
 import torch
 
 from initlab.train import build, run
-from tests.helpers import CORRUPT_KEYS, ROOT, StopAfterEpochs, checkpoint_test_accuracy
+from tests.helpers import (
+    CORRUPT_KEYS,
+    ROOT,
+    assert_resume_after_two_epochs_matches,
+    checkpoint_test_accuracy,
+)
 
 pytestmark = pytest.mark.gpu
 GPU = "trainer.accelerator=gpu"
@@ -161,33 +166,10 @@ def restore_determinism():
 def test_resume_on_cuda_ends_like_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch,
                                                        restore_determinism):
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode
-    common = [GPU, "seed=7", "model.dropout=0.3", "augment=noise_skew", "optim=adam",
-              "scheduler=onecycle", "trainer.deterministic=true", "robustness=null",
-              "trainer.max_epochs=4"]
-    full = tmp_path / "full"
-    run(make_cfg(*common, f"output_dir={full}", outputs=True))
-
-    first = tmp_path / "first"
-    datamodule, module, trainer = build(make_cfg(*common, f"output_dir={first}", outputs=True))
-    trainer.callbacks.append(StopAfterEpochs(2))
-    trainer.fit(module, datamodule=datamodule)
-    assert trainer.global_step == 6
+    first = assert_resume_after_two_epochs_matches(make_cfg, tmp_path, GPU)
     checkpoint = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu",
                             weights_only=False)
     assert "cuda" in checkpoint["rng_states"]  # dropout's CUDA generator resumes too
-
-    resumed = tmp_path / "resumed"
-    run(make_cfg(*common, f"output_dir={resumed}",
-                 f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", outputs=True))
-    a = json.loads((full / "result.json").read_text())
-    b = json.loads((resumed / "result.json").read_text())
-    assert a["status"] == b["status"] != "failed"
-    assert a["steps"] == b["steps"] == 12
-    for key in ("test/acc", "test/loss", "val/acc", "val/loss"):
-        assert a["metrics"][key] == pytest.approx(b["metrics"][key], abs=1e-6), key
-    wa, wb = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu",
-                         weights_only=False)["state_dict"] for d in (full, resumed))
-    assert [k for k in wa if not torch.allclose(wa[k], wb[k], atol=1e-6)] == []
 
 
 @pytest.mark.slow

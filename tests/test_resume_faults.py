@@ -13,33 +13,11 @@ import pytest
 import torch
 
 from initlab.train import ConfigError, build, run
-from tests.helpers import ROOT, StopAfterEpochs
+from tests.helpers import ROOT, assert_resume_after_two_epochs_matches
 
 
 def test_resume_ends_like_an_uninterrupted_run(make_cfg, tmp_path):
-    common = ["seed=7", "model.dropout=0.3", "augment=noise_skew", "optim=adam",
-              "scheduler=onecycle", "trainer.deterministic=true", "robustness=null",
-              "trainer.max_epochs=4"]
-    full = tmp_path / "full"
-    run(make_cfg(*common, f"output_dir={full}", outputs=True))
-
-    first = tmp_path / "first"
-    datamodule, module, trainer = build(make_cfg(*common, f"output_dir={first}", outputs=True))
-    trainer.callbacks.append(StopAfterEpochs(2))
-    trainer.fit(module, datamodule=datamodule)
-    assert trainer.global_step == 6
-
-    resumed = tmp_path / "resumed"
-    run(make_cfg(*common, f"output_dir={resumed}",
-                 f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", outputs=True))
-    a = json.loads((full / "result.json").read_text())
-    b = json.loads((resumed / "result.json").read_text())
-    assert a["steps"] == b["steps"] == 12
-    for key in ("test/acc", "test/loss", "val/acc", "val/loss"):
-        assert a["metrics"][key] == pytest.approx(b["metrics"][key], abs=1e-6), key
-    wa = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    wb = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert [k for k in wa if not torch.allclose(wa[k], wb[k], atol=1e-6)] == []
+    assert_resume_after_two_epochs_matches(make_cfg, tmp_path)
 
 
 class InterruptAtStep(L.Callback):
