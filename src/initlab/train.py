@@ -161,8 +161,8 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
 class Timings:
     """Where a run's wall clock goes, for result.json's ``timings_s``: ``startup`` (process
     start to run(): imports, config), the phases of run() (``build``, ``tune`` with
-    ``+tune=lr_find``, ``fit``, ``test``, ``logging``), and inside them ``data_load`` (reading and checking MNIST) and
-    ``checkpoint_writes``; ``total`` from process start."""
+    ``+tune=lr_find``, ``fit``, ``test``, ``logging``), and inside them ``data_load`` (reading
+    and checking MNIST) and ``checkpoint_writes``; ``total`` from process start."""
 
     def __init__(self):
         self.start = time.perf_counter()
