@@ -35,7 +35,7 @@ def expected_variance(scheme: str, gain: float = 1.0, mode: str | None = None,
 # the gain each setting must put in effect: init.gain=null is 1, except he (the ReLU gain)
 NULL_GAIN = {"he": math.sqrt(2)}
 ACTIVATION_GAIN = {"relu": math.sqrt(2), "tanh": 5 / 3}
-GAINLESS = {"zeros", "uniform", "normal", "default"}
+GAINLESS = {"zeros", "constant", "uniform", "normal", "default"}
 
 
 def assert_moments(w: torch.Tensor, variance: float) -> None:
@@ -47,7 +47,7 @@ def assert_moments(w: torch.Tensor, variance: float) -> None:
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 @pytest.mark.parametrize("gain", [None, 1.0, "auto"])
-@pytest.mark.parametrize("scheme", sorted(set(SCHEMES) - {"zeros"}))
+@pytest.mark.parametrize("scheme", sorted(set(SCHEMES) - {"zeros", "constant"}))
 def test_weight_variance_matches_formula(scheme, gain, activation):
     """Every scheme x gain setting x activation, on a Linear and on a conv whose fans differ."""
     if scheme in GAINLESS and gain == "auto":
@@ -96,6 +96,10 @@ def test_every_init_config_trains_what_it_says(make_cfg):
         if path.stem == "zeros":
             assert torch.count_nonzero(w) == 0
             continue
+        if path.stem == "constant":  # the documented 0.01, biases zero
+            assert torch.equal(w, torch.full_like(w, 0.01)) and cfg.init.scale == 0.01
+            assert torch.count_nonzero(model.fc1.bias) == 0
+            continue
         gain = NULL_GAIN.get(path.stem, 1.0)
         assert_moments(w, expected_variance(path.stem, gain, fan_in=800, fan_out=256, rows=256))
 
@@ -143,6 +147,24 @@ def test_bias_policy():
     assert float(layer.bias.abs().max()) <= 1 / math.sqrt(100)
 
 
+@pytest.mark.parametrize("value", [0.01, 0.5])
+def test_constant_sets_every_weight_to_the_scale(value):
+    """Var = 0 and mean = the scale, on a Linear and a conv; it takes no gain and no mode."""
+    layer, conv = nn.Linear(FAN_IN, FAN_OUT), nn.Conv2d(8, 16, 3)
+    for module in (layer, conv):
+        apply_init(module, "constant", scale=value)
+        w = module.weight
+        assert float(w.var()) < 1e-12 and float(w.mean()) == pytest.approx(value, rel=1e-6)
+        assert torch.equal(w, torch.full_like(w, value))
+        assert torch.count_nonzero(module.bias) == 0
+    with pytest.raises(ValueError, match=r"init.scheme='constant' takes no gain, got init.gain=2"):
+        apply_init(nn.Linear(4, 4), "constant", gain=2.0)
+    with pytest.raises(ValueError, match=r"init.scheme='constant' takes no mode"):
+        apply_init(nn.Linear(4, 4), "constant", mode="fan_in")
+    with pytest.raises(ValueError, match=r"init.scale=0 is invalid"):
+        apply_init(nn.Linear(4, 4), "constant", scale=0)
+
+
 def test_zeros_never_breaks_symmetry():
     torch.manual_seed(0)
     model = apply_init(MLP(depth=2, width=16, activation="tanh"), "zeros")
@@ -158,7 +180,7 @@ def test_zeros_never_breaks_symmetry():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"scheme": "nope"}, r"init.scheme='nope' is unknown; allowed: \['default', 'he'"),
+    ({"scheme": "nope"}, r"init.scheme='nope' is unknown; allowed: \['constant', 'default', 'he'"),
     ({"scheme": "xavier", "mode": "fan_mid"}, r"init.mode='fan_mid' is unknown"),
     ({"scheme": "xavier", "bias": "ones"}, r"init.bias='ones' is unknown"),
     ({"scheme": "xavier", "gain": -1}, r"init.gain=-1 is invalid"),

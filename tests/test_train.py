@@ -23,7 +23,7 @@ def fit_metrics(cfg) -> dict[str, float]:
 
 
 def test_every_group_has_the_documented_options():
-    assert INITS == sorted(["default", "zeros", "uniform", "normal", "standard", "xavier",
+    assert INITS == sorted(["default", "zeros", "constant", "uniform", "normal", "standard", "xavier",
                             "xavier_normal", "lecun", "he", "orthogonal"])
     assert set(OPTIMS) >= {"sgd", "momentum", "adagrad", "rmsprop", "adam"}
 

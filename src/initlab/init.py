@@ -14,7 +14,7 @@ fan_out = C_out*kh*kw for a conv.
 | he            | g^2 / fan       (fan_in)       | relu = sqrt(2): 2/fan_in |
 | orthogonal    | g^2 / max(rows, cols)          | 1                    |
 
-zeros, uniform, normal and default (PyTorch's own) take no gain and no mode.
+zeros, constant, uniform, normal and default (PyTorch's own) take no gain and no mode.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ def _fan(weight: torch.Tensor, mode: str) -> float:
 def zeros(w, gain, mode, scale):
     """All zero: every unit computes the same thing and symmetry is never broken."""
     nn.init.zeros_(w)
+
+
+def constant(w, gain, mode, scale):
+    """Every weight = ``scale``: Var = 0, and, like zeros, every unit of a layer stays identical
+    (they all see the same input and get the same gradient), but the signal is not zero."""
+    nn.init.constant_(w, scale)
 
 
 def uniform(w, gain, mode, scale):
@@ -102,13 +108,13 @@ def orthogonal(w, gain, mode, scale):
 
 
 SCHEMES = {f.__name__: f for f in
-           (zeros, uniform, normal, standard, xavier, xavier_normal, lecun, he, orthogonal)}
+           (zeros, constant, uniform, normal, standard, xavier, xavier_normal, lecun, he, orthogonal)}
 SCHEMES["default"] = None  # PyTorch's own reset_parameters()
 DEFAULT_MODES = {"xavier": "fan_avg", "xavier_normal": "fan_avg"}  # the rest use fan_in
 DEFAULT_GAINS = {"he": "relu"}  # the rest: 1
-NO_GAIN = ("zeros", "uniform", "normal", "default")  # schemes a gain cannot change
-NO_MODE = ("zeros", "uniform", "normal", "default", "orthogonal")
-SCALED = ("uniform", "normal")  # the naive draws: a fixed scale instead of a fan
+NO_GAIN = ("zeros", "constant", "uniform", "normal", "default")  # schemes a gain cannot change
+NO_MODE = ("zeros", "constant", "uniform", "normal", "default", "orthogonal")
+SCALED = ("constant", "uniform", "normal")  # a fixed scale (value, bound, std) instead of a fan
 
 
 def resolve_gain(gain: float | str | None, activation: str, scheme: str = "standard") -> float:
@@ -146,7 +152,7 @@ def check_init(scheme: str, mode: str | None, bias: str, gain=None, scale: float
         raise ValueError(f"init.scale={scale!r} is invalid: it must be a number > 0")
     if scheme not in SCALED and scale != 1:
         raise ValueError(f"init.scheme={scheme!r} takes no scale, got init.scale={scale!r}: only "
-                         f"{list(SCALED)} use it (their bound / std)")
+                         f"{list(SCALED)} use it (their value / bound / std)")
 
 
 @torch.no_grad()

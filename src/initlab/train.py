@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import json
 import logging
 import math
@@ -56,6 +58,43 @@ def check_config(cfg: DictConfig) -> None:
         if not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"{key}={value!r} is invalid: it must be a number >= 0")
     check_corruptions(cfg.get("robustness"))
+    check_tune(cfg.get("tune"))
+
+
+TUNE_KEYS = ("min_lr", "max_lr", "num_training", "mode", "early_stop_threshold", "apply")
+LR_FIND_MODES = ("exponential", "linear")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_tune(tune: DictConfig | None) -> None:
+    """The ``tune`` group (``+tune=lr_find``): every key known and every value usable."""
+    if tune is None:
+        return
+    unknown = sorted(set(tune) - set(TUNE_KEYS))
+    if unknown:
+        raise ConfigError(f"tune has unknown keys {unknown}; allowed: {list(TUNE_KEYS)}")
+    min_lr, max_lr = tune.get("min_lr", 1e-6), tune.get("max_lr", 1.0)
+    if not _is_number(min_lr) or not min_lr > 0:
+        raise ConfigError(f"tune.min_lr={min_lr!r} is invalid: it must be a number > 0")
+    if not _is_number(max_lr) or not max_lr > min_lr:
+        raise ConfigError(f"tune.max_lr={max_lr!r} is invalid: it must be a number > "
+                          f"tune.min_lr={min_lr!r}")
+    num_training = tune.get("num_training", 100)
+    if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 1:
+        raise ConfigError(f"tune.num_training={num_training!r} is invalid: it must be an "
+                          "integer >= 1 (a suggestion needs at least 13 steps)")
+    mode = tune.get("mode", "exponential")
+    if mode not in LR_FIND_MODES:
+        raise ConfigError(f"tune.mode={mode!r} is unknown; allowed: {list(LR_FIND_MODES)}")
+    threshold = tune.get("early_stop_threshold", 4.0)
+    if threshold is not None and (not _is_number(threshold) or not threshold > 1):
+        raise ConfigError(f"tune.early_stop_threshold={threshold!r} is invalid: it must be a "
+                          "number > 1 or null (never stop early)")
+    if not isinstance(tune.get("apply", False), bool):
+        raise ConfigError(f"tune.apply={tune.get('apply')!r} is invalid: it must be true or false")
 
 
 def _metrics_to_floats(metrics: dict) -> dict[str, float]:
@@ -121,9 +160,9 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
 
 class Timings:
     """Where a run's wall clock goes, for result.json's ``timings_s``: ``startup`` (process
-    start to run(): imports, config), the phases of run() (``build``, ``fit``, ``test``,
-    ``logging``), and inside them ``data_load`` (reading and checking MNIST) and
-    ``checkpoint_writes``; ``total`` from process start."""
+    start to run(): imports, config), the phases of run() (``build``, ``tune`` with
+    ``+tune=lr_find``, ``fit``, ``test``, ``logging``), and inside them ``data_load`` (reading
+    and checking MNIST) and ``checkpoint_writes``; ``total`` from process start."""
 
     def __init__(self):
         self.start = time.perf_counter()
@@ -176,6 +215,9 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
     clock.watch(trainer, datamodule)
     status = next(c for c in trainer.callbacks if isinstance(c, RunStatus))
     try:
+        if cfg.get("tune") is not None:
+            with clock.phase("tune"):
+                find_lr(cfg, module, datamodule)
         with clock.phase("fit"):
             metrics = _fit(cfg, trainer, module, datamodule, status, clock)
         if cfg.test and status.status != "diverged":
@@ -198,6 +240,58 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
               f"val accuracy: {metrics.get('val/acc', math.nan):.4f}")
         print(f"inspect with: tensorboard --logdir {cfg.output_dir}")
     return score
+
+
+def find_lr(cfg: DictConfig, module: Classifier, datamodule) -> float | None:
+    """Lightning's learning-rate range test (``cfg.tune``) on a bare Trainer, a copy of the
+    module (its model deep-copied) and a copy of the data module, with the random state
+    restored after: the real run's weights, monitors, logs, data order and random draws are
+    those of a run without it. Writes ``lr_find.json`` (rank 0); with ``tune.apply`` the
+    module's optimizer (and ``cfg.optim.lr``, for the HParams) takes the suggestion. Returns
+    the suggestion (None when Lightning could not make one)."""
+    from lightning.pytorch.tuner import Tuner
+    from lightning.pytorch.utilities.seed import isolate_rng
+
+    tune = cfg.tune
+    min_lr, max_lr = tune.get("min_lr", 1e-6), tune.get("max_lr", 1.0)
+    num_training = tune.get("num_training", 100)
+    datamodule.setup("fit")  # loaded once, here; the copy shares nothing with the real run
+    with isolate_rng():
+        copy_module = Classifier(copy.deepcopy(module.model), module.optimizer_factory,
+                                 module.scheduler_factory, module.l1, module.l2,
+                                 compile=False, seed=module.seed)
+        trainer_args = {k: cfg.trainer[k] for k in
+                        ("accelerator", "devices", "precision", "strategy", "num_nodes",
+                         "deterministic") if cfg.trainer.get(k) is not None}
+        # max_steps: the search may need more steps than one epoch or the run's max_epochs
+        tuner_trainer = L.Trainer(**trainer_args, max_epochs=None, max_steps=num_training,
+                                  logger=False, callbacks=[], enable_checkpointing=False,
+                                  enable_progress_bar=False, enable_model_summary=False,
+                                  num_sanity_val_steps=0, default_root_dir=str(cfg.output_dir))
+        finder = Tuner(tuner_trainer).lr_find(
+            copy_module, datamodule=copy.deepcopy(datamodule), min_lr=min_lr, max_lr=max_lr,
+            num_training=num_training, mode=tune.get("mode", "exponential"),
+            early_stop_threshold=tune.get("early_stop_threshold", 4.0), update_attr=False)
+    lrs = [float(v) for v in finder.results.get("lr", [])] if finder is not None else []
+    losses = [float(v) for v in finder.results.get("loss", [])] if finder is not None else []
+    suggestion = finder.suggestion() if finder is not None and lrs else None
+    applied = bool(tune.get("apply", False)) and suggestion is not None
+    if tune.get("apply", False) and suggestion is None:
+        log.warning("tune.apply=true but lr_find made no suggestion: training with optim.lr=%s",
+                    cfg.optim.lr)
+    if applied:
+        factory = module.optimizer_factory
+        module.optimizer_factory = functools.partial(
+            factory.func, *factory.args, **{**factory.keywords, "lr": float(suggestion)})
+        cfg.optim.lr = float(suggestion)
+    if tuner_trainer.is_global_zero:
+        record = {"lr": lrs, "loss": [v if math.isfinite(v) else None for v in losses],
+                  "suggestion": float(suggestion) if suggestion is not None else None,
+                  "applied": applied, "min_lr": min_lr, "max_lr": max_lr,
+                  "num_training": num_training}
+        atomic_write(Path(cfg.output_dir) / "lr_find.json",
+                     json.dumps(record, indent=2, allow_nan=False).encode())
+    return suggestion
 
 
 def _fit(cfg, trainer, module, datamodule, status: RunStatus, clock: Timings) -> dict[str, float]:

@@ -272,3 +272,9 @@ class MNISTDataModule(L.LightningDataModule):
         """A fixed set of ``n`` held-out (validation) examples, never augmented."""
         x, y = self.splits["val"]
         return self.standardize(to_unit(x[:n])), y[:n]
+
+    def train_subset(self, n: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` training examples (all of them when the split is smaller), in split
+        order, standardised, never augmented: a fixed set for full-batch gradients."""
+        x, y = self.splits["train"]
+        return self.standardize(to_unit(x[:n])), y[:n]

@@ -1,4 +1,12 @@
-from initlab.monitors.callbacks import GradNormMonitor, ProbeMonitor, UpdateRatioMonitor
+from initlab.monitors.callbacks import (
+    GradientNoiseMonitor,
+    GradNormMonitor,
+    ProbeMonitor,
+    TrainClock,
+    UpdateRatioMonitor,
+    WeightSummary,
+)
 from initlab.monitors.stats import probe
 
-__all__ = ["GradNormMonitor", "ProbeMonitor", "UpdateRatioMonitor", "probe"]
+__all__ = ["GradNormMonitor", "GradientNoiseMonitor", "ProbeMonitor", "TrainClock",
+           "UpdateRatioMonitor", "WeightSummary", "probe"]
