@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from initlab.monitors.stats import HISTOGRAM_BINS  # noqa: E402
 from initlab.report.collect import Run  # noqa: E402
+from initlab.report.lessons import lesson_section  # noqa: E402
 from initlab.utils import atomic_write  # noqa: E402
 
 LOG_SCALE = {"weight_grad", "backprop", "grad_norm"}
@@ -231,6 +232,7 @@ def write_report(root: str | Path, runs: list[Run]) -> Path:
     if finished < len(runs):
         lines += [f"**Partial results:** {len(runs) - finished} of {len(runs)} runs have no "
                   "result.json yet (still running, or stopped without finishing).", ""]
+    lines += lesson_section(root, runs)
     lines += ["## Test error per configuration", ""] + _table1_markdown(rows) + [""]
     lines += ["## At initialization (init_stats.json)", ""] + _at_init_markdown(runs) + [""]
 
