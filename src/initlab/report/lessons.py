@@ -17,6 +17,7 @@ from pathlib import Path
 
 import matplotlib
 import yaml
+from omegaconf import OmegaConf
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -83,12 +84,10 @@ def choice(run: Run, key: str, default=None):
         name, _, value = override.partition("=")
         if name.lstrip("+~") == key:
             return yaml.safe_load(value)
-    node = run.config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
+    # resolved (``${lesson_scale:...}``); an interpolation that cannot resolve here gives default
+    value = OmegaConf.select(OmegaConf.create(run.config), key, default=default,
+                             throw_on_resolution_failure=False)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _json(run: Run, name: str) -> dict | None:
@@ -148,13 +147,15 @@ def last_scalar(run: Run, tag: str) -> float | None:
 
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
+    for ax in fig.axes:
+        ax.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(tmp, dpi=80)
     plt.close(fig)
     tmp.replace(path)
 
 
-def _panels(n: int, width: float = 4.2, height: float = 3.3, rows: int = 1):
+def _panels(n: int, width: float = 4.8, height: float = 3.4, rows: int = 1):
     fig, axes = plt.subplots(rows, n, figsize=(width * n, height * rows), squeeze=False)
     return fig, axes
 
@@ -317,6 +318,9 @@ def _xavier_variants(runs: list[Run], root: Path) -> LessonResult:
     return LessonResult(sentences, "lesson_xavier_variants.png", header + rows, numbers)
 
 
+LR_FIND_SKIP = 10  # lightning.pytorch.tuner.lr_finder: suggestion(skip_begin=10)
+
+
 def _learning_rate(runs: list[Run], root: Path) -> LessonResult:
     by_lr = {choice(r, "optim.lr"): r for r in runs}
     lrs = sorted(by_lr)
@@ -341,14 +345,22 @@ def _learning_rate(runs: list[Run], root: Path) -> LessonResult:
     axes[0][1].set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
     axes[0][1].legend(fontsize=7)
     found = next((f for r in runs if (f := _json(r, "lr_find.json"))), None)
+    lowest = None
     if found:
-        axes[0][2].plot(found["lr"], found["loss"])
+        # Lightning's running mean is biased low over its first steps (its bias correction is one
+        # step ahead): drop the first LR_FIND_SKIP points, as its own suggestion does
+        curve = [(lr, loss) for lr, loss in list(zip(found["lr"], found["loss"]))[LR_FIND_SKIP:]
+                 if loss is not None and math.isfinite(loss)]
+        if curve:
+            axes[0][2].plot(*zip(*curve))
+            lowest = min(curve, key=lambda p: p[1])[0]
+            axes[0][2].axvline(lowest, color="g", ls=":", label=f"lowest loss {lowest:.3g}")
         if found.get("suggestion"):
             axes[0][2].axvline(found["suggestion"], color="r", ls="--",
-                               label=f"suggestion {found['suggestion']:.3g}")
-            axes[0][2].legend(fontsize=7)
-        axes[0][2].set(xscale="log", xlabel="learning rate", ylabel="loss",
-                       title="range test (lr_find)")
+                               label=f"Lightning's suggestion {found['suggestion']:.3g}")
+        axes[0][2].legend(fontsize=7)
+        axes[0][2].set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss",
+                       title=f"range test (lr_find), from its point {LR_FIND_SKIP}")
     _save(fig, root / "lesson_learning_rate.png")
     finished = [lr for lr in lrs if numbers[f"{lr:g}"]["test_acc"] is not None]
     sentences = []
@@ -367,19 +379,29 @@ def _learning_rate(runs: list[Run], root: Path) -> LessonResult:
         if g["status"] == "diverged":
             text += f"; the largest, {large:g}, diverged (loss not finite) at step {g['diverged_step']}"
         else:
-            text += (f"; the largest, {large:g}, ends at loss {num(g['last_loss'])} "
-                     f"(from {num(g['first_loss'])}) and {outcome(by_lr[large])}")
+            text += (f"; the largest, {large:g}, never converges: training loss "
+                     f"{num(g['first_loss'])} at the first logged step, {num(g['last_loss'])} at "
+                     f"the last, {outcome(by_lr[large])}")
         sentences.append(text + ".")
         numbers["best_lr"] = best
     if found:
-        sentences.append(f"The range test (loss over {len(found['lr'])} steps of an exponentially "
-                         f"growing rate from {found['min_lr']:g} to {found['max_lr']:g}) suggests "
-                         f"{num(found.get('suggestion'))}.")
+        sentences.append(f"The range test (Lightning's lr_find: {len(found['lr'])} steps of a rate "
+                         f"growing from {found['min_lr']:g} to {found['max_lr']:g}) has its lowest "
+                         f"smoothed loss at {num(lowest)}; Lightning suggests "
+                         f"{num(found.get('suggestion'))} (the steepest slope of the loss against "
+                         f"the rate itself, not its logarithm, which favours small rates).")
         numbers["lr_find_suggestion"] = found.get("suggestion")
+        numbers["lr_find_lowest_loss_lr"] = lowest
     table = ["| learning rate | test accuracy | training loss first → last |", "|---|---|---|"]
     table += [f"| {lr:g} | {outcome(by_lr[lr])} | {num(numbers[f'{lr:g}']['first_loss'])} → "
               f"{num(numbers[f'{lr:g}']['last_loss'])} |" for lr in lrs]
     return LessonResult(sentences, "lesson_learning_rate.png", table, numbers)
+
+
+def _seconds(duration: str) -> float:
+    """Lightning's "DD:HH:MM:SS" in seconds."""
+    days, hours, minutes, seconds = (float(part) for part in str(duration).split(":"))
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def _batch_size(runs: list[Run], root: Path) -> LessonResult:
@@ -394,7 +416,7 @@ def _batch_size(runs: list[Run], root: Path) -> LessonResult:
             cosines = [v for _, v in epochs_run.scalars("grad_noise/cosine")]
             train_s = last_scalar(epochs_run, "time/train_s")
             n.update(cosine_mean=_mean(cosines), steps=res.get("steps"),
-                     epochs=choice(epochs_run, "trainer.max_epochs"), train_s=train_s,
+                     epochs=res.get("epochs"), train_s=train_s,
                      step_ms=1000 * train_s / res["steps"] if train_s and res.get("steps") else None,
                      acc_epochs=test_acc(epochs_run))
         if time_run is not None and time_run.result:
@@ -438,8 +460,8 @@ def _batch_size(runs: list[Run], root: Path) -> LessonResult:
     timed = {b: numbers[b] for b in sizes if numbers[b].get("acc_time") is not None}
     if timed:
         best = max(timed, key=lambda b: timed[b]["acc_time"])
-        budget = next(iter(timed.values()))["time_budget"]
-        sentences.append(f"With the same wall clock ({budget}, trainer.max_time): " + ", ".join(
+        budget = _seconds(next(iter(timed.values()))["time_budget"])
+        sentences.append(f"With the same wall clock ({budget:g} s of fit, trainer.max_time): " + ", ".join(
             f"{b}: {pct(timed[b]['acc_time'])}" for b in timed) + f" (best {best}).")
     rows = ["| batch size | cosine to full gradient | ms per step | test acc, same epochs "
             "| test acc, same wall clock |", "|---|---|---|---|---|"]
@@ -535,9 +557,9 @@ def _vanishing(runs: list[Run], root: Path) -> LessonResult:
             label = f"{init}{' + BN' if bn else ''}"
             axes[0][col].plot(depths, ratios, marker="o", label=label)
             axes[1][col].plot(depths, changes, marker="o", label=label)
-        axes[0][col].set(title=f"{act}: backprop std, first / last hidden layer, at init",
+        axes[0][col].set(title=f"{act}: backprop std first/last hidden, at init",
                          xlabel="depth", yscale="log")
-        axes[1][col].set(title=f"{act}: first layer ||ΔW|| / ||W0|| after training",
+        axes[1][col].set(title=f"{act}: first layer ‖ΔW‖/‖W0‖ after training (0: off the axis)",
                          xlabel="depth", yscale="log")
         axes[0][col].legend(fontsize=7)
         axes[1][col].legend(fontsize=7)

@@ -1,0 +1,162 @@
+"""The lesson experiments: every experiment=lesson/<topic> runs as a multirun that exits 0 and
+the report draws its figure with its measured sentence; on real MNIST the three acceptance
+claims hold (a too-small and a too-large learning rate, a diverged and a cured deep ReLU net,
+one distinct unit per layer under zero init)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from initlab.report.lessons import LESSONS
+from tests.helpers import CONF, ROOT
+
+TOPICS = list(LESSONS)
+CNN_TOPICS = {"fitting", "augmentation"}
+
+
+def test_every_lesson_has_an_experiment_and_the_lesson_order():
+    files = sorted(p.stem for p in (CONF / "experiment" / "lesson").glob("*.yaml")
+                   if not p.stem.startswith("_"))
+    assert files == sorted(TOPICS)
+    assert [LESSONS[t][0] for t in TOPICS] == list(range(1, 13))
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=["output_dir=/tmp/unused", *overrides])
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_lesson_scale_full_is_the_bigger_version(topic):
+    arm = ["+arm/fitting=overfit"] if topic == "fitting" else []  # its arms hold its budgets
+    small = _compose(f"experiment=lesson/{topic}", *arm)
+    full = _compose(f"experiment=lesson/{topic}", "lesson.scale=full", *arm)
+    assert small.lesson.topic == topic and small.lesson.scale == "small"
+    small, full = (OmegaConf.to_container(c, resolve=True) for c in (small, full))
+    assert full["data"]["train_samples"] is None or full["data"]["train_samples"] >= \
+        (small["data"]["train_samples"] or 0)
+    differs = [k for k in ("data", "model", "trainer") if small[k] != full[k]]
+    assert differs, f"lesson.scale=full changes nothing in lesson/{topic}"
+
+
+def test_a_bad_lesson_scale_names_the_allowed_ones():
+    cfg = _compose("experiment=lesson/symmetry", "lesson.scale=huge")
+    with pytest.raises(Exception, match=r"lesson.scale='huge' is invalid; allowed: \['small', 'full'\]"):
+        OmegaConf.to_container(cfg, resolve=True)
+
+
+def _tiny_lesson(topic, tiny_data, sweep, *extra):
+    args = [sys.executable, str(ROOT / "scripts/train.py"), "-m", f"experiment=lesson/{topic}",
+            f"hydra.sweep.dir={sweep}", f"data.data_dir={tiny_data}", "data.verify=false",
+            "data.sources=[local]", "data.train_samples=96", "data.eval_batch_size=100",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.max_steps=4",
+            "trainer.log_every_n_steps=1", "callbacks.update_ratio.every_n_steps=1", *extra]
+    if topic not in CNN_TOPICS:
+        args.append("model.width=16")
+    if topic == "augmentation":
+        args += ["robustness.noise=[0.2,0.5]", "robustness.skew=[20,45]"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _report(sweep) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/report.py"), str(sweep)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((sweep / "lesson.json").read_text())
+
+
+def _numbers_in(text: str) -> list[str]:
+    return re.findall(r"\d+\.?\d*", text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topic", TOPICS)
+def test_every_lesson_runs_as_a_multirun_and_the_report_draws_it(topic, tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    _tiny_lesson(topic, tiny_data, sweep)
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()]
+    results = [json.loads((job / "result.json").read_text()) for job in jobs]
+    assert results and all(r["status"] in ("ok", "stalled", "diverged") for r in results), results
+    lesson = _report(sweep)
+    assert lesson["topic"] == topic and lesson["finished"] == lesson["runs"] == len(jobs)
+    assert (sweep / lesson["figure"]).stat().st_size > 1000
+    sentence = " ".join(lesson["sentences"])
+    assert _numbers_in(sentence) and "None" not in sentence, sentence
+    report = (sweep / "report.md").read_text()
+    number, title, _ = LESSONS[topic]
+    assert f"## Lesson {number}: {title}" in report and lesson["sentences"][0] in report
+    # the lesson's measured numbers are the runs' own: every test accuracy it quotes is a run's
+    accuracies = {round(100 * r["metrics"]["test/acc"], 6) for r in results
+                  if "test/acc" in r["metrics"] and r["status"] != "diverged"}
+
+    def quoted(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "test_acc" and value is not None:
+                    yield round(value, 6)
+                else:
+                    yield from quoted(value)
+
+    assert set(quoted(lesson["numbers"])) <= accuracies
+
+
+def test_symmetry_lesson_on_tiny_data_counts_units_from_the_weights(tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    _tiny_lesson("symmetry", tiny_data, sweep)
+    lesson = _report(sweep)
+    zeros, xavier = lesson["numbers"]["zeros"], lesson["numbers"]["xavier"]
+    assert set(zeros["distinct_units"].values()) == {1}
+    assert set(xavier["distinct_units"].values()) == {16} == {xavier["units"]}
+
+
+# ---------------------------------------------------------------- real MNIST, the claims
+
+def _real_lesson(topic, sweep, *extra) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), "-m",
+                           f"experiment=lesson/{topic}", f"hydra.sweep.dir={sweep}",
+                           "trainer.enable_progress_bar=false", *extra],
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _report(sweep)
+
+
+@pytest.mark.real_data
+def test_zero_init_leaves_one_distinct_unit_per_layer_on_mnist(tmp_path):
+    lesson = _real_lesson("symmetry", tmp_path / "sweep")
+    numbers = lesson["numbers"]
+    for init in ("zeros", "constant"):
+        assert set(numbers[init]["distinct_units"].values()) == {1}, numbers[init]
+    assert set(numbers["xavier"]["distinct_units"].values()) == {numbers["xavier"]["units"]}
+    assert numbers["xavier"]["test_acc"] > numbers["zeros"]["test_acc"] + 50
+
+
+@pytest.mark.real_data
+def test_learning_rate_too_small_is_far_below_the_best_and_too_large_diverges(tmp_path):
+    lesson = _real_lesson("learning_rate", tmp_path / "sweep")
+    numbers = lesson["numbers"]
+    best = numbers[f"{numbers['best_lr']:g}"]["test_acc"]
+    assert numbers["0.0001"]["test_acc"] < best - 20, numbers
+    assert numbers["10"]["status"] == "diverged" or \
+        numbers["10"]["last_loss"] >= 0.9 * numbers["10"]["first_loss"], numbers
+    assert numbers["lr_find_suggestion"] is not None
+
+
+@pytest.mark.real_data
+def test_exploding_lesson_diverges_and_every_cure_trains(tmp_path):
+    lesson = _real_lesson("exploding", tmp_path / "sweep")
+    numbers = lesson["numbers"]
+    assert numbers["too_large"]["status"] == "diverged"
+    assert numbers["too_large"]["growth_toward_input"] > 10
+    for cure in ("he", "clipping", "batchnorm"):
+        assert numbers[cure]["status"] == "ok" and numbers[cure]["test_acc"] > 50, numbers[cure]
