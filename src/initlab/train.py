@@ -27,7 +27,6 @@ from initlab.checkpointing import (
 from initlab.data.robustness import check_corruptions
 from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
-from initlab.monitors.callbacks import add_layout
 from initlab.status import RunStatus
 from initlab.utils import atomic_write, process_age_s
 
@@ -321,6 +320,9 @@ def find_lr(cfg: DictConfig, module: Classifier, datamodule) -> float | None:
 def _fit(cfg, trainer, module, datamodule, status: RunStatus, clock: Timings) -> dict[str, float]:
     """trainer.fit; an interrupted fit (Ctrl-C, SIGTERM) writes result.json and exits."""
     if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
+        # here, not at the top: only TensorBoard runs need the monitors' module (~10 ms)
+        from initlab.monitors.callbacks import add_layout
+
         add_layout(trainer.logger)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
