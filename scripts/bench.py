@@ -4,6 +4,7 @@
     python scripts/bench.py --quick         # tiny sizes, one round: checks the script runs
     python scripts/bench.py --cases framework monitors
     python scripts/bench.py --device cuda   # the same cases on the GPU, with its own goals
+    python scripts/bench.py --cases whole   # whole train.py processes vs plain_train.py
 
 Variants of a case are interleaved over several rounds after a warm-up; each figure is the
 median, and a spread (max/min - 1) over 10% is flagged. Prints a table and writes bench.json
@@ -306,6 +307,146 @@ def case_startup(args, data_dir: Path, out: Path) -> dict:
     return {"seconds": {"startup": med}, "spread": {"startup": spread}}
 
 
+# whole processes: the issue's command as a user runs it, and the default command cut to one
+# epoch (monitors, the corrupted test sets, logger and checkpoints all on) to stay ~a minute
+WHOLE_COMMANDS = {"speedrun": ["experiment=speedrun", "seed=1"],
+                  "default": ["trainer.max_epochs=1"]}
+WHOLE_QUICK = ["trainer.max_steps=6", "model.channels=[4,8]", "model.hidden=16",
+               "data.verify=false", "data.sources=[local]"]
+BREAKDOWN = ("startup", "data_load", "build", "first_step", "fit", "test", "checkpoint_writes",
+             "logging", "total")
+PLAIN_RECIPE = {"optim._target_": "torch.optim.Adam", "optim.weight_decay": 0.0,
+                "scheduler._target_": "torch.optim.lr_scheduler.OneCycleLR",
+                "scheduler.cycle_momentum": False, "model._target_": "initlab.models.CNN",
+                "model.activation": "relu", "model.kernel_sizes": [5, 3], "model.dropout": 0.0,
+                "model.batchnorm": False, "init.scheme": "default", "init.bias": "default",
+                "data.normalize": True, "data.train_samples": None, "l1": 0.0, "l2": 0.0,
+                "augment": None}
+
+
+def plain_args(cfg, data_dir: Path) -> list[str]:
+    """scripts/plain_train.py's arguments for the recipe of ``cfg``; refuses a recipe it does
+    not reproduce (another optimizer, augmentation, ...) rather than time something else."""
+    from omegaconf import OmegaConf
+
+    for key, expected in PLAIN_RECIPE.items():
+        value = OmegaConf.select(cfg, key)
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if key == "augment" and value is not None:
+            value = {k: v for k, v in value.items() if k not in ("_target_", "seed") and v} or None
+        if value != expected:
+            raise ValueError(f"plain_train.py does not reproduce {key}={value!r} "
+                             f"(it does {expected!r})")
+    return ["--data-dir", str(data_dir), "--epochs", str(cfg.trainer.max_epochs),
+            "--max-steps", str(cfg.trainer.max_steps), "--batch-size", str(cfg.data.batch_size),
+            "--eval-batch-size", str(cfg.data.eval_batch_size), "--lr", str(cfg.optim.lr),
+            "--betas", *map(str, cfg.optim.betas), "--pct-start", str(cfg.scheduler.pct_start),
+            "--seed", str(cfg.seed), "--channels", *map(str, cfg.model.channels),
+            "--hidden", str(cfg.model.hidden)]
+
+
+def timed_process(cmd: list[str]) -> float:
+    """Wall seconds of a whole process, interpreter start to exit."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def case_whole(args, data_dir: Path, out: Path) -> dict:
+    """Whole processes: ``python scripts/train.py experiment=speedrun seed=1`` and the default
+    command for one epoch, each alternated (order swapped every round) with
+    scripts/plain_train.py on the same recipe, epochs, seed and data; and ``python -c "import
+    torch"``. Ratios are medians of the per-round ratios; the breakdown is the medians of each
+    run's result.json timings_s next to the plain script's own phases. The startup goal: the
+    speedrun's first step within 2x (import torch + the plain script's data load)."""
+    extra = WHOLE_QUICK if args.quick else []
+    work = out / "whole"
+    commands, plains = {}, {}
+    for name, overrides in WHOLE_COMMANDS.items():
+        cfg = compose_cfg(*overrides, f"data.data_dir={data_dir}", *extra)
+        commands[name] = [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides,
+                          f"data.data_dir={data_dir}", *extra]
+        plains[name] = [sys.executable, str(ROOT / "scripts" / "plain_train.py"),
+                        *plain_args(cfg, data_dir)]
+    import_torch = [sys.executable, "-c", "import torch"]
+    if not args.quick:  # untimed: the libraries' files into the page cache (no cold round 1)
+        timed_process([sys.executable, "-c", "import initlab.train"])
+    times: dict[str, list[float]] = {"import_torch": []}
+    ratios: dict[str, list[float]] = {}
+    parts: dict[str, dict[str, list[dict]]] = {n: {"initlab": [], "plain": []} for n in commands}
+    acc: dict[str, dict[str, list]] = {n: {"initlab": [], "plain": []} for n in commands}
+    for r in range(args.rounds):
+        for name in commands:
+            run_dir, plain_json = work / f"{name}-{r}", work / f"{name}-{r}-plain.json"
+            variants = [("initlab", commands[name] + [f"hydra.run.dir={run_dir}"]),
+                        ("plain", plains[name] + ["--json", str(plain_json)])]
+            seconds = {}
+            for variant, cmd in (variants if r % 2 == 0 else variants[::-1]):
+                plain_json.parent.mkdir(parents=True, exist_ok=True)
+                seconds[variant] = timed_process(cmd)
+            times.setdefault(name, []).append(seconds["initlab"])
+            times.setdefault(f"{name}_plain", []).append(seconds["plain"])
+            ratios.setdefault(f"whole_{name}", []).append(seconds["initlab"] / seconds["plain"])
+            result = json.loads((run_dir / "result.json").read_text())
+            plain = json.loads(plain_json.read_text())
+            parts[name]["initlab"].append(result["timings_s"])
+            parts[name]["plain"].append(plain["phases_s"])
+            acc[name]["initlab"].append(result["metrics"].get("test/acc"))
+            acc[name]["plain"].append(plain["test_acc"])
+        times["import_torch"].append(timed_process(import_torch))
+
+    def medians(rows: list[dict]) -> dict[str, float]:
+        return {k: statistics.median(row[k] for row in rows)
+                for k in BREAKDOWN if all(k in row for row in rows)}
+
+    result = {"commands": {n: " ".join(c[1:]) for n, c in commands.items()},
+              "plain_commands": {n: " ".join(c[1:]) for n, c in plains.items()},
+              "seconds": {}, "spread": {}, "ratios": {}, "ratio_spread": {},
+              "breakdown": {n: {v: medians(rows) for v, rows in p.items()}
+                            for n, p in parts.items()},
+              "test_acc": acc, "rounds": args.rounds}
+    for name, samples in times.items():
+        result["seconds"][name], result["spread"][name] = median_and_spread(samples)
+    for name, samples in ratios.items():
+        result["ratios"][name], result["ratio_spread"][name] = median_and_spread(samples)
+    speedrun = result["breakdown"]["speedrun"]
+    floor = result["seconds"]["import_torch"] + speedrun["plain"]["data_load"]
+    result["startup"] = {"first_step": speedrun["initlab"].get("first_step"),
+                         "plain_first_step": speedrun["plain"].get("first_step"),
+                         "import_torch": result["seconds"]["import_torch"],
+                         "plain_data_load": speedrun["plain"]["data_load"], "floor": floor}
+    if result["startup"]["first_step"] is not None:
+        result["ratios"]["first_step_vs_floor"] = result["startup"]["first_step"] / floor
+    return result
+
+
+def print_whole(result: dict) -> None:
+    """The whole-process case's breakdown: initlab's timings_s next to the plain phases."""
+    names = list(result["breakdown"])
+    print(f"\n  whole-process breakdown, seconds (medians of {result['rounds']} rounds; startup, "
+          "first_step, total from process start)")
+    print(f"  {'':<18}" + "".join(f"{n + ' initlab':>18}{'plain':>9}" for n in names))
+    for key in BREAKDOWN:
+        cells = []
+        for n in names:
+            row = result["breakdown"][n]
+            cells += [row["initlab"].get(key), row["plain"].get(key)]
+        print(f"  {key:<18}" + "".join(
+            f"{'-' if v is None else f'{v:.2f}':>{18 if i % 2 == 0 else 9}}"
+            for i, v in enumerate(cells)))
+    for n in names:
+        print(f"  {n}: whole/plain {result['ratios'][f'whole_{n}']:.3f}x (per-round ratios "
+              f"spread {result['ratio_spread'][f'whole_{n}']:.0%}); test accuracy initlab "
+              f"{result['test_acc'][n]['initlab']} plain {result['test_acc'][n]['plain']}")
+    s = result["startup"]
+    print(f"  startup: first step at {s['first_step']:.2f} s (plain {s['plain_first_step']:.2f} s);"
+          f" import torch {s['import_torch']:.2f} s + data load {s['plain_data_load']:.2f} s = "
+          f"{s['floor']:.2f} s: goal first step <= 2x that")
+
+
 def case_compile(args, data_dir: Path, out: Path) -> dict:
     """torch.compile (opt-in ``compile=true``) against eager, after the compile warm-up."""
     steps = 20 if args.quick else 200
@@ -361,10 +502,11 @@ def case_jacobian(args, data_dir: Path, out: Path) -> dict:
 
 CASES = {"framework": case_framework_and_monitors, "data": case_data,
          "speedrun": case_speedrun, "startup": case_startup, "compile": case_compile,
-         "jacobian": case_jacobian}
+         "jacobian": case_jacobian, "whole": case_whole}
 DEFAULT_CASES = ["framework", "data", "speedrun", "startup", "jacobian"]
 TARGETS = {"framework": ("<=", 1.05), "monitors_default": ("<=", 1.05),
-           "augmented_vs_per_image": (">=", 20.0), "speedrun_time": ("<=", 1.2)}
+           "augmented_vs_per_image": (">=", 20.0), "speedrun_time": ("<=", 1.2),
+           "whole_speedrun": ("<=", 1.3), "first_step_vs_floor": ("<=", 2.0)}
 
 
 def print_table(results: dict) -> None:
@@ -390,6 +532,8 @@ def print_table(results: dict) -> None:
             for r in result["runs"]:
                 print(f"    seed {r['seed']}: initlab {r['initlab_s']:.2f} s {r['initlab_acc']:.4f}"
                       f" | raw {r['raw_s']:.2f} s {r['raw_acc']:.4f}")
+        if "breakdown" in result:
+            print_whole(result)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -414,7 +558,7 @@ def main(argv: list[str] | None = None) -> dict:
         synthetic = synthetic_mnist(tmp / "data", 6_000 if args.quick else 60_000, 1_000)
         for case in args.cases:
             data_dir = synthetic
-            if case == "speedrun":
+            if case in ("speedrun", "whole"):
                 data_dir = tmp / "data" if args.quick else ROOT / "data"
             print(f"[bench] {case} ...", flush=True)
             results[case] = CASES[case](args, data_dir, tmp / "out")

@@ -8,11 +8,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from initlab.train import run
+import initlab  # noqa: F401  (registers the configs' resolvers: ${project_root:}, ...)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    # imported here, not at the top: --help and a config Hydra rejects need no Lightning (~4 s)
+    from initlab.train import run
+
     # a multirun goes on past a crashed job (its result.json says failed); one run raises
     return run(cfg, keep_going=HydraConfig.get().mode == RunMode.MULTIRUN)
 

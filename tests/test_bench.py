@@ -12,13 +12,15 @@ from tests.helpers import ROOT
 
 
 def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
+    """Every in-process case and startup (whole processes: the next test)."""
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import bench
 
     out = tmp_path / "bench.json"
-    results = bench.main(["--quick", "--out", str(out), "--cases", *sorted(bench.CASES)])
+    cases = sorted(set(bench.CASES) - {"whole"})
+    results = bench.main(["--quick", "--out", str(out), "--cases", *cases])
     saved = json.loads(out.read_text())
-    assert set(saved) == set(bench.CASES) | {"machine"}
+    assert set(saved) == set(cases) | {"machine"}
     assert set(saved["framework"]["ratios"]) == {"framework", "monitors_default",
                                                  "monitors_glorot"}
     assert saved["data"]["ratios"]["augmented_vs_per_image"] > 0
@@ -28,6 +30,46 @@ def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
     assert saved["speedrun"]["training_s"] > 0 and "mean_acc >= 0.99" in saved["speedrun"]["goals"]
     assert saved["machine"]["device"] == "cpu" and saved["machine"]["torch"] == torch.__version__
     assert "bench" in sys.modules
+
+
+def test_bench_quick_whole_processes(tmp_path, monkeypatch, capsys):
+    """The whole-process case on tiny synthetic data: both commands and the plain reference ran
+    as processes, and it reports the ratios, each run's breakdown and the startup figure."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import bench
+
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--out", str(out), "--cases", "whole"])
+    whole = json.loads(out.read_text())["whole"]
+    assert set(whole["ratios"]) == {"whole_speedrun", "whole_default", "first_step_vs_floor"}
+    assert all(r > 0 for r in whole["ratios"].values())
+    assert set(whole["ratio_spread"]) == {"whole_speedrun", "whole_default"}
+    assert "experiment=speedrun seed=1" in whole["commands"]["speedrun"]
+    assert "--betas 0.7 0.9 --pct-start 0.1 --seed 1" in whole["plain_commands"]["speedrun"]
+    for name in ("speedrun", "default"):
+        initlab, plain = whole["breakdown"][name]["initlab"], whole["breakdown"][name]["plain"]
+        assert set(initlab) == set(bench.BREAKDOWN)
+        assert set(plain) == {"startup", "data_load", "build", "first_step", "fit", "test", "total"}
+        assert initlab["startup"] < initlab["first_step"] < initlab["total"]
+        assert plain["startup"] < plain["first_step"] < plain["total"]
+        assert whole["seconds"][name] > 0 and whole["seconds"][f"{name}_plain"] > 0
+        assert len(whole["test_acc"][name]["plain"]) == 1
+    startup = whole["startup"]
+    assert startup["floor"] == startup["import_torch"] + startup["plain_data_load"] > 0
+    printed = capsys.readouterr().out
+    assert "whole_speedrun" in printed and "whole-process breakdown" in printed
+    assert "first_step_vs_floor" in printed
+
+
+def test_plain_reference_refuses_a_recipe_it_does_not_reproduce():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+
+    with pytest.raises(ValueError, match="optim._target_"):
+        bench.plain_args(bench.compose_cfg("optim=sgd"), ROOT / "data")
+    with pytest.raises(ValueError, match="augment"):
+        bench.plain_args(bench.compose_cfg("augment=noise"), ROOT / "data")
+    assert "--lr" in bench.plain_args(bench.compose_cfg("experiment=speedrun"), ROOT / "data")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")

@@ -67,11 +67,15 @@ def test_healthy_run_result(make_cfg, tmp_path):
     # where the time went: the phases of run() fit inside its wall time, the parts inside fit
     t = result["timings_s"]
     assert set(t) == {"startup", "build", "fit", "test", "logging", "data_load",
-                      "checkpoint_writes", "total"}
+                      "checkpoint_writes", "first_step", "total"}
     assert all(v >= 0 for v in t.values())
     assert t["build"] + t["fit"] + t["test"] + t["logging"] <= result["wall_time_s"] + 0.01
     assert 0 < t["data_load"] <= t["fit"] and 0 < t["checkpoint_writes"] <= t["fit"]
     assert t["total"] >= t["startup"] + result["wall_time_s"] - 0.01 and t["startup"] > 0
+    # the first step starts after startup and build, inside fit, before the end (each rounded)
+    begin_fit = t["startup"] + t["build"]
+    assert begin_fit - 0.002 <= t["first_step"] <= begin_fit + t["fit"] + 0.002
+    assert t["first_step"] < t["total"]
 
 
 def sweep_args(tiny_data, sweep, *overrides):

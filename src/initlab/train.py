@@ -27,7 +27,6 @@ from initlab.checkpointing import (
 from initlab.data.robustness import check_corruptions
 from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
-from initlab.monitors.callbacks import add_layout
 from initlab.status import RunStatus
 from initlab.utils import atomic_write, process_age_s
 
@@ -101,9 +100,10 @@ def _metrics_to_floats(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
+def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None,
+          extra_callbacks: list[L.Callback] | tuple = ()):
     """Instantiate data (unless given one already set up), model (initialised),
-    LightningModule, callbacks, logger and trainer."""
+    LightningModule, callbacks (``extra_callbacks`` first), logger and trainer."""
     check_config(cfg)
     output_dir = Path(cfg.output_dir)
     try:
@@ -132,7 +132,7 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
     module = Classifier(model, optimizer, scheduler, cfg.l1, cfg.l2, compile=cfg.compile,
                         seed=cfg.seed)
 
-    callbacks = [RunStatus(**cfg.status)]
+    callbacks = [*extra_callbacks, RunStatus(**cfg.status)]
     for name, node in cfg.callbacks.items():
         if node is not None and "_target_" not in node:
             raise ConfigError(f"callbacks.{name} has no _target_: it sets options of a monitor that "
@@ -158,17 +158,39 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None):
     return datamodule, module, trainer
 
 
+class FirstStepClock(L.Callback):
+    """Marks, once, the start of the run's first training batch (the batch is already fetched,
+    the forward not yet run) on a :class:`Timings`."""
+
+    def __init__(self, clock: Timings):
+        self.clock = clock
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.clock.first_step is None:
+            self.clock.first_step = self.clock.age()
+
+
 class Timings:
     """Where a run's wall clock goes, for result.json's ``timings_s``: ``startup`` (process
     start to run(): imports, config), the phases of run() (``build``, ``tune`` with
     ``+tune=lr_find``, ``fit``, ``test``, ``logging``), and inside them ``data_load`` (reading
-    and checking MNIST) and ``checkpoint_writes``; ``total`` from process start."""
+    and checking MNIST) and ``checkpoint_writes``; ``first_step``: process start to the start
+    of the first training step this process runs (imports, config, build, data load,
+    Lightning's setup; absent if it ran none); ``total`` from process start."""
 
     def __init__(self):
         self.start = time.perf_counter()
         self.startup = process_age_s()
+        self.first_step: float | None = None
         self.phases: dict[str, float] = {}
         self._datamodule = self._checkpoint_io = None
+
+    def callback(self) -> FirstStepClock:
+        return FirstStepClock(self)
+
+    def age(self) -> float:
+        """Seconds since process start, on the same clock as ``total``."""
+        return self.elapsed() + (self.startup or 0.0)
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -186,9 +208,10 @@ class Timings:
 
     def summary(self) -> dict[str, float | None]:
         parts = {"startup": self.startup, **self.phases,
+                 "first_step": self.first_step,
                  "data_load": getattr(self._datamodule, "load_seconds", None),
                  "checkpoint_writes": getattr(self._checkpoint_io, "seconds", None)}
-        total = self.elapsed() + (self.startup or 0.0)
+        total = self.age()
         return {**{k: round(v, 3) for k, v in parts.items() if v is not None},
                 "total": round(total, 3)}
 
@@ -207,7 +230,7 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
     metrics: dict[str, float] = {}
     try:
         with clock.phase("build"):
-            datamodule, module, trainer = build(cfg)
+            datamodule, module, trainer = build(cfg, extra_callbacks=[clock.callback()])
     except Exception as err:
         with contextlib.suppress(OSError):  # an unwritable output folder is the error itself
             _write_result(cfg, None, None, {}, clock, error=err)
@@ -297,6 +320,9 @@ def find_lr(cfg: DictConfig, module: Classifier, datamodule) -> float | None:
 def _fit(cfg, trainer, module, datamodule, status: RunStatus, clock: Timings) -> dict[str, float]:
     """trainer.fit; an interrupted fit (Ctrl-C, SIGTERM) writes result.json and exits."""
     if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
+        # here, not at the top: only TensorBoard runs need the monitors' module (~10 ms)
+        from initlab.monitors.callbacks import add_layout
+
         add_layout(trainer.logger)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

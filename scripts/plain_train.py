@@ -1,0 +1,180 @@
+"""The plain-PyTorch reference for scripts/bench.py's whole-process case: the recipe of a
+``scripts/train.py`` run with nothing but torch and numpy (no Lightning, Hydra, torchvision or
+initlab), so a whole ``python scripts/train.py ...`` process can be timed against the least a
+script of the same recipe does.
+
+    python scripts/plain_train.py --data-dir data --epochs 2 --batch-size 256 --lr 0.01 \\
+        --betas 0.7 0.9 --pct-start 0.1 --seed 1       # experiment=speedrun's recipe
+
+It does what an initlab run does to train and evaluate, the same way: the four IDX files read
+with numpy; initlab's 55k/5k split (fixed split seed) and data order (a permutation per epoch
+from the run seed's stream); pixels scaled to [0, 1] and standardised per batch; the default CNN
+(24/32 channels, 5x5/3x3 kernels, 256 hidden, ReLU) with PyTorch's default init, reset once more
+as ``init=default`` does, so one seed gives initlab's initial weights; Adam, one-cycle on the LR
+only (per step); the validation split evaluated after every epoch and the test set at the end.
+What it leaves out is what the framework adds: checkpoints, TensorBoard, monitors, corrupted
+test sets, progress lines, config composition.
+
+Prints the test accuracy and where the time went; ``--json PATH`` writes the same as
+``{"test_acc", "phases_s": {startup, data_load, build, first_step, fit, test, total}}``, all
+seconds, ``startup`` and ``first_step`` and ``total`` counted from process start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MEAN, STD = 0.1307, 0.3081  # initlab.data.mnist's
+SPLIT_SEED, NUM_VAL = 12345, 5_000
+DATA_ORDER = 0  # initlab.utils' stream for the data order
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc; 0 elsewhere), as initlab measures it."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def stream_seed(seed: int, purpose: int, *keys: int) -> int:
+    """initlab.utils.stream_seed: the seed of one random stream of the run ``seed``."""
+    words = np.random.SeedSequence([seed, purpose, *keys]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    data = np.fromfile(path, dtype=np.uint8)
+    ndim = int(data[3])
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i].tobytes(), "big") for i in range(ndim)]
+    return torch.from_numpy(data[4 + 4 * ndim:].reshape(shape))
+
+
+class CNN(nn.Module):
+    """initlab.models.CNN with its defaults (no batchnorm, no dropout)."""
+
+    def __init__(self, channels=(24, 32), kernel_sizes=(5, 3), hidden=256):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels[0], kernel_sizes[0])
+        self.conv2 = nn.Conv2d(channels[0], channels[1], kernel_sizes[1])
+        size = ((28 - kernel_sizes[0] + 1) // 2 - kernel_sizes[1] + 1) // 2
+        self.fc1 = nn.Linear(channels[1] * size * size, hidden)
+        self.out = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.out(F.relu(self.fc1(x.flatten(1))))
+
+
+def standardize(images: torch.Tensor) -> torch.Tensor:
+    return (images.unsqueeze(1).float().div_(255) - MEAN) / STD
+
+
+@torch.no_grad()
+def accuracy(model, images, labels, batch_size: int) -> float:
+    model.eval()
+    correct = sum(int((model(standardize(images[i: i + batch_size])).argmax(1)
+                       == labels[i: i + batch_size]).sum())
+                  for i in range(0, len(labels), batch_size))
+    model.train()
+    return correct / len(labels)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    startup = process_age_s()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--eval-batch-size", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--betas", type=float, nargs=2, default=(0.7, 0.9))
+    parser.add_argument("--pct-start", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channels", type=int, nargs=2, default=(24, 32))
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    phases = {"startup": startup}
+
+    start = time.perf_counter()
+    raw = args.data_dir / "MNIST" / "raw"
+    images = read_idx(raw / "train-images-idx3-ubyte")
+    labels = read_idx(raw / "train-labels-idx1-ubyte").long()
+    test_x = read_idx(raw / "t10k-images-idx3-ubyte")
+    test_y = read_idx(raw / "t10k-labels-idx1-ubyte").long()
+    n_val = NUM_VAL if len(labels) == 60_000 else max(1, len(labels) // 12)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    train_x, train_y = images[perm[n_val:]], labels[perm[n_val:]]
+    val_x, val_y = images[perm[:n_val]], labels[perm[:n_val]]
+    phases["data_load"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    model = CNN(args.channels, hidden=args.hidden)
+    for layer in (model.conv1, model.conv2, model.fc1, model.out):  # init=default resets again
+        layer.reset_parameters()
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas))
+    per_epoch = math.ceil(len(train_y) / args.batch_size)
+    total_steps = per_epoch * args.epochs
+    if args.max_steps > 0:
+        total_steps = min(total_steps, args.max_steps)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=total_steps, pct_start=args.pct_start,
+        cycle_momentum=False)
+    phases["build"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    step, val_acc = 0, math.nan
+    for epoch in range(args.epochs):
+        gen = torch.Generator().manual_seed(stream_seed(args.seed, DATA_ORDER, epoch))
+        order = torch.randperm(len(train_y), generator=gen)
+        for i in range(0, len(order), args.batch_size):
+            if step == total_steps:  # max_steps inside an epoch: no validation, as Lightning
+                break
+            idx = order[i: i + args.batch_size]
+            x, y = standardize(train_x[idx]), train_y[idx]
+            if step == 0:
+                phases["first_step"] = process_age_s()
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+        else:
+            val_acc = accuracy(model, val_x, val_y, args.eval_batch_size)
+            continue
+        break
+    phases["fit"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    test_acc = accuracy(model, test_x, test_y, args.eval_batch_size)
+    phases["test"] = time.perf_counter() - start
+    phases["total"] = process_age_s()
+    print(f"plain: {step} steps  val accuracy {val_acc:.4f}  test accuracy {test_acc:.4f}  "
+          f"total {phases['total']:.1f} s")
+    print("  " + "  ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+    result = {"test_acc": test_acc, "val_acc": val_acc, "steps": step,
+              "phases_s": {k: round(v, 3) for k, v in phases.items()}}
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
