@@ -19,7 +19,7 @@ from initlab.report.lessons import LESSONS
 from tests.helpers import CONF, ROOT
 
 TOPICS = list(LESSONS)
-CNN_TOPICS = {"fitting", "augmentation"}
+CNN_TOPICS = {"fitting", "dropout", "augmentation"}
 
 
 def test_every_lesson_has_an_experiment_and_the_lesson_order():

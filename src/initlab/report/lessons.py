@@ -743,12 +743,12 @@ def _dropout(runs: list[Run], root: Path) -> LessonResult:
     _curves(axes[0][0], [(run, f"p={p:g}") for p, run, *_ in data],
             "train (solid, dropout on) vs validation (dashed)")
     rates = [f"{d[0]:g}" for d in data]
-    axes[0][1].plot(rates, [d[4] if d[4] is not None else float("nan") for d in data], marker="o",
-                    label="train − validation, points")
-    axes[0][1].plot(rates, [(test_acc(d[1]) or float("nan")) - 90 for d in data], marker="s",
-                    label="test accuracy − 90 %")
-    axes[0][1].set(xlabel="dropout rate", title="gap and accuracy")
-    axes[0][1].legend(fontsize=7)
+    axes[0][1].plot(rates, [d[4] if d[4] is not None else float("nan") for d in data], marker="o")
+    axes[0][1].set(xlabel="dropout rate", ylabel="train − validation accuracy, points (circles)",
+                   title="gap and test accuracy")
+    right = axes[0][1].twinx()
+    right.plot(rates, [test_acc(d[1]) or float("nan") for d in data], marker="s", color="C1")
+    right.set_ylabel("test accuracy % (squares)")
     _save(fig, root / "lesson_dropout.png")
     numbers = {f"{p:g}": {"train_acc": t, "val_acc": v, "gap": g, "test_acc": test_acc(run)}
                for p, run, t, v, g in data}
