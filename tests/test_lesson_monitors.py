@@ -273,6 +273,20 @@ def test_train_clock_excludes_validation(make_cfg, tmp_path):
     assert values[-1] <= wall - slow.slept  # the sleeps are validation time
 
 
+@pytest.mark.parametrize(("max_steps", "expected"), [(4, [3, 4]), (2, [2]), (6, [3, 6])])
+def test_train_clock_also_logs_the_end_of_training_between_validations(make_cfg, tmp_path,
+                                                                        max_steps, expected):
+    cfg = make_cfg(*TINY_MLP_NO_DROPOUT, "logger=tensorboard", "trainer.max_epochs=3",
+                   f"trainer.max_steps={max_steps}",
+                   "+callbacks.clock._target_=initlab.monitors.TrainClock")
+    begin = time.perf_counter()
+    fit(cfg)
+    wall = time.perf_counter() - begin
+    logged = read_scalars(tmp_path / "run")["time/train_s"]
+    assert [s for s, _ in logged] == expected  # one point a step, the last at the last step
+    assert 0 < logged[-1][1] <= wall
+
+
 # --------------------------------------------------------------------------- +tune=lr_find
 
 def test_lr_find_writes_its_curve_and_leaves_the_run_bitwise_unchanged(make_cfg, tmp_path):

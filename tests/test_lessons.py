@@ -15,7 +15,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from initlab.report.lessons import LESSONS
+from initlab.report.collect import Run
+from initlab.report.lessons import LESSONS, choice, lesson_section
 from tests.helpers import CONF, ROOT
 
 TOPICS = list(LESSONS)
@@ -92,7 +93,9 @@ def test_every_lesson_runs_as_a_multirun_and_the_report_draws_it(topic, tiny_dat
     assert lesson["topic"] == topic and lesson["finished"] == lesson["runs"] == len(jobs)
     assert (sweep / lesson["figure"]).stat().st_size > 1000
     sentence = " ".join(lesson["sentences"])
-    assert _numbers_in(sentence) and "None" not in sentence, sentence
+    # every quantity was found: no None, nan or "-" placeholder where a number should be
+    assert _numbers_in(sentence) and not re.search(r"None|nan|(?<![\w\[])-(?=[%,;. ]|$)", sentence), \
+        sentence
     report = (sweep / "report.md").read_text()
     number, title, _ = LESSONS[topic]
     assert f"## Lesson {number}: {title}" in report and lesson["sentences"][0] in report
@@ -111,6 +114,7 @@ def test_every_lesson_runs_as_a_multirun_and_the_report_draws_it(topic, tiny_dat
     assert set(quoted(lesson["numbers"])) <= accuracies
 
 
+@pytest.mark.slow
 def test_symmetry_lesson_on_tiny_data_counts_units_from_the_weights(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
     _tiny_lesson("symmetry", tiny_data, sweep)
@@ -118,6 +122,44 @@ def test_symmetry_lesson_on_tiny_data_counts_units_from_the_weights(tiny_data, t
     zeros, xavier = lesson["numbers"]["zeros"], lesson["numbers"]["xavier"]
     assert set(zeros["distinct_units"].values()) == {1}
     assert set(xavier["distinct_units"].values()) == {16} == {xavier["units"]}
+
+
+# ---------------------------------------------------------------- reading runs, without training
+
+def _run(path, overrides=(), result=None, **config):
+    base = {"lesson": {"topic": "learning_rate", "scale": "small"}, "optim": {"lr": 0.1},
+            "init": {"scheme": "xavier"}, "model": {"activation": "tanh"}}
+    return Run(path, {**base, **config}, list(overrides), result, None)
+
+
+def test_choice_reads_swept_groups_from_overrides_and_values_from_the_resolved_config(tmp_path):
+    run = _run(tmp_path, ["+arm/exploding=he", "optim=adam", "optim.lr=1e-4", "init=zeros"],
+               optim={"lr": 1e-4}, init={"scheme": "zeros"},
+               data={"train_samples": "${lesson_scale:10000,null}"})
+    assert choice(run, "arm/exploding") == "he" and choice(run, "optim") == "adam"
+    assert choice(run, "arm/fitting") is None  # not swept: no option chosen
+    assert choice(run, "optim.lr") == 1e-4 and isinstance(choice(run, "optim.lr"), float)
+    assert choice(run, "init.scheme") == "zeros"
+    assert choice(run, "data.train_samples") == 10000
+    full = _run(tmp_path, lesson={"topic": "x", "scale": "full"},
+                data={"train_samples": "${lesson_scale:10000,null}"})
+    assert choice(full, "data.train_samples") is None
+    assert choice(run, "output_dir", "unknown") == "unknown"  # no such key
+
+
+def test_a_partial_sweep_reports_what_it_has_and_says_what_is_missing(tmp_path):
+    ok = {"status": "ok", "steps": 10, "best_val_acc": 0.9, "metrics": {"test/acc": 0.91}}
+    runs = [_run(tmp_path / "0", ["optim.lr=0.1"], ok),
+            _run(tmp_path / "1", ["optim.lr=10"], None, optim={"lr": 10.0}),  # still running
+            _run(tmp_path / "2", ["optim.lr=0.1", "seed=1"], ok)]  # shares lr 0.1
+    for run in runs:
+        run.path.mkdir()
+    lines = "\n".join(lesson_section(tmp_path, runs))
+    assert "from 2 of 3 runs" in lines and "the largest, 10: not finished" in lines
+    assert "several runs share the configuration(s) (0.1,)" in lines
+    lesson = json.loads((tmp_path / "lesson.json").read_text())
+    assert lesson["numbers"]["0.1"]["test_acc"] == pytest.approx(91.0)
+    assert lesson["numbers"]["10"]["status"] == "running"
 
 
 # ---------------------------------------------------------------- real MNIST, the claims

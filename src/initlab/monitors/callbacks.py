@@ -481,14 +481,16 @@ class GradientNoiseMonitor(L.Callback):
 
 class TrainClock(L.Callback):
     """``time/train_s`` at every validation end of a fit (not the sanity check, not
-    ``trainer.validate``): wall seconds since fit start minus the seconds spent in validation
-    (sanity check included), at ``trainer.global_step``. CUDA is synchronised before each
-    clock reading, so queued kernels are counted where they ran."""
+    ``trainer.validate``) and at the end of training when that is a later step: wall seconds
+    since fit start minus the seconds spent in validation (sanity check included), at
+    ``trainer.global_step``. CUDA is synchronised before each clock reading, so queued kernels
+    are counted where they ran."""
 
     def __init__(self):
         self._fit_start: float | None = None
         self._validation_start: float | None = None
         self._validation_s = 0.0
+        self._last_step = -1
 
     @staticmethod
     def _now(pl_module) -> float:
@@ -510,5 +512,14 @@ class TrainClock(L.Callback):
         self._validation_s += now - self._validation_start
         self._validation_start = None
         if not trainer.sanity_checking:
-            log_scalars(trainer, {"time/train_s": now - self._fit_start - self._validation_s},
-                        trainer.global_step)
+            self._log(trainer, now)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # a run that stops between validations (max_steps, max_time) still gets its total
+        if self._fit_start is not None and trainer.global_step > self._last_step:
+            self._log(trainer, self._now(pl_module))
+
+    def _log(self, trainer, now: float) -> None:
+        log_scalars(trainer, {"time/train_s": now - self._fit_start - self._validation_s},
+                    trainer.global_step)
+        self._last_step = trainer.global_step

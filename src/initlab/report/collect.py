@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -90,7 +91,9 @@ def collect_runs(root: str | Path) -> list[Run]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
     runs = []
-    for config_path in sorted(root.glob("**/.hydra/config.yaml")):
+    # job order: 2 before 10 (Hydra numbers a sweep's job folders)
+    natural = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]  # noqa: E731
+    for config_path in sorted(root.glob("**/.hydra/config.yaml"), key=natural):
         run_dir = config_path.parent.parent
         overrides_path = run_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_path)) \

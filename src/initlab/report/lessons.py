@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
-import yaml
 from omegaconf import OmegaConf
 
 matplotlib.use("Agg")
@@ -78,16 +77,25 @@ def lesson_topic(runs: list[Run]) -> str | None:
 
 
 def choice(run: Run, key: str, default=None):
-    """The value of ``key`` (``optim.lr``, ``init``, ``arm/exploding``) as the run's overrides set
-    it (the swept values), else as its config holds it."""
-    for override in reversed(run.overrides):
-        name, _, value = override.partition("=")
-        if name.lstrip("+~") == key:
-            return yaml.safe_load(value)
-    # resolved (``${lesson_scale:...}``); an interpolation that cannot resolve here gives default
+    """A run's setting. For a config group the lessons sweep (``optim``, ``augment``,
+    ``arm/<topic>``): the option its overrides chose (``default`` if none). For any other key
+    (``optim.lr``, ``init.scheme``, ``l1``): the value in its config, resolved as the run saw it
+    (``1e-4`` is a float, ``${lesson_scale:...}`` its value)."""
+    if key in ("optim", "augment") or key.startswith("arm/"):
+        for override in reversed(run.overrides):
+            name, _, option = override.partition("=")
+            if name.lstrip("+~") == key:
+                return option
+        return default
+    # an interpolation that cannot resolve outside Hydra (hydra:...) gives default
     value = OmegaConf.select(OmegaConf.create(run.config), key, default=default,
                              throw_on_resolution_failure=False)
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def optimizer_name(run: Run) -> str:
+    """The optim option (sgd, adam, ...), or the torch class when the group was not overridden."""
+    return choice(run, "optim") or str(choice(run, "optim._target_", "?")).rsplit(".", 1)[-1]
 
 
 def _json(run: Run, name: str) -> dict | None:
@@ -104,6 +112,12 @@ def weights(run: Run) -> dict | None:
 def metric(run: Run, key: str) -> float | None:
     value = ((run.result or {}).get("metrics") or {}).get(key)
     return value if value is not None and math.isfinite(value) else None
+
+
+def best_val(run: Run) -> float | None:
+    """The run's best validation accuracy in % (RunStatus), None for a diverged run."""
+    value = (run.result or {}).get("best_val_acc")
+    return None if value is None or run.status == "diverged" else 100 * value
 
 
 def test_acc(run: Run) -> float | None:
@@ -127,6 +141,8 @@ def outcome(run: Run) -> str:
         return f"diverged at step {(run.result or {}).get('diverged_step')}"
     if run.result is None:
         return "not finished"
+    if run.status == "failed":
+        return "failed"
     return pct(test_acc(run)) + (" (stalled)" if run.status == "stalled" else "")
 
 
@@ -155,16 +171,28 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def _legend(ax, fontsize: int = 7) -> None:
+    if ax.get_legend_handles_labels()[0]:  # a panel with nothing drawn gets no empty legend
+        ax.legend(fontsize=fontsize)
+
+
 def _panels(n: int, width: float = 4.8, height: float = 3.4, rows: int = 1):
     fig, axes = plt.subplots(rows, n, figsize=(width * n, height * rows), squeeze=False)
     return fig, axes
 
 
+SHARED: list[str] = []  # configurations that more than one run holds, for the report's note
+
+
 def _by(runs: list[Run], *keys: str) -> dict[tuple, Run]:
-    """Runs keyed by their values of ``keys`` (first run of each, in sweep order)."""
+    """Runs keyed by their values of ``keys``: the first run of each (in job order); a key that
+    several runs share (another swept setting, a second seed) is noted in SHARED."""
     table: dict[tuple, Run] = {}
     for run in runs:
-        table.setdefault(tuple(choice(run, k) for k in keys), run)
+        key = tuple(choice(run, k) for k in keys)
+        if key in table and str(key) not in SHARED:
+            SHARED.append(str(key))
+        table.setdefault(key, run)
     return table
 
 
@@ -184,8 +212,8 @@ def _symmetry(runs: list[Run], root: Path) -> LessonResult:
     order = ["zeros", "constant", "xavier"]
     rows, numbers = [], {}
     fig, axes = _panels(2)
-    inits = _ordered((r.init for r in runs), order)
-    for run in (_by(runs, "init")[(i,)] for i in inits if (i,) in _by(runs, "init")):
+    by_init = _by(runs, "init.scheme")
+    for run in (by_init[(i,)] for i in _ordered((i for i, in by_init), order)):
         summary = weights(run)
         if summary is None:
             continue
@@ -195,7 +223,7 @@ def _symmetry(runs: list[Run], root: Path) -> LessonResult:
         numbers[run.init] = {"distinct_units": dict(zip(layers, distinct)), "units": units[0],
                              "test_acc": test_acc(run), "steps": summary["step"]}
         axes[0][0].plot(range(1, len(layers) + 1), distinct, marker="o", label=run.init)
-        rows.append(f"| {run.init} | {' / '.join(map(str, distinct))} of {units[0]} "
+        rows.append(f"| {run.init} | {' / '.join(map(str, distinct))}, of {units[0]} each "
                     f"| {outcome(run)} |")
     if not numbers:
         return LessonResult(["No run wrote weights.json yet."])
@@ -208,10 +236,9 @@ def _symmetry(runs: list[Run], root: Path) -> LessonResult:
     _save(fig, root / "lesson_symmetry.png")
     parts = []
     for name, n in numbers.items():
-        distinct = sorted(set(n["distinct_units"].values()))
-        counts = "/".join(map(str, distinct))
-        parts.append(f"{name} init leaves {counts} distinct unit(s) per hidden layer of "
-                     f"{n['units']} and reaches {pct(n['test_acc'])} test accuracy")
+        counts = ", ".join(f"{layer} {count}" for layer, count in n["distinct_units"].items())
+        parts.append(f"{name} init leaves distinct units ({counts}, of {n['units']} each) and "
+                     f"reaches {outcome(by_init[(name,)])} test accuracy")
     steps = next(iter(numbers.values()))["steps"]
     sentence = f"After {steps} SGD steps, " + "; ".join(parts) + "."
     table = ["| init | distinct units per hidden layer | test accuracy |", "|---|---|---|", *rows]
@@ -226,7 +253,7 @@ def _mean(values) -> float | None:
 def _naive_init(runs: list[Run], root: Path) -> LessonResult:
     acts = _ordered((r.activation for r in runs), ["tanh", "sigmoid", "relu"])
     inits = _ordered((r.init for r in runs), ["uniform", "normal", "xavier"])
-    table = _by(runs, "model.activation", "init")
+    table = _by(runs, "model.activation", "init.scheme")
     fig, axes = _panels(len(acts), rows=2)
     numbers, sentences, rows = {}, [], []
     for col, act in enumerate(acts):
@@ -254,8 +281,8 @@ def _naive_init(runs: list[Run], root: Path) -> LessonResult:
         axes[0][col].set(title=f"{act}: {'dead' if act == 'relu' else 'saturated'} fraction at init",
                          xlabel="hidden layer")
         axes[1][col].set(title=f"{act}: activation std at init", xlabel="hidden layer", yscale="log")
-        axes[0][col].legend(fontsize=7)
-        axes[1][col].legend(fontsize=7)
+        _legend(axes[0][col], 7)
+        _legend(axes[1][col], 7)
     _save(fig, root / "lesson_naive_init.png")
     for act in acts:
         parts = []
@@ -277,7 +304,7 @@ def _xavier_variants(runs: list[Run], root: Path) -> LessonResult:
     acts = _ordered((r.activation for r in runs), ["tanh", "relu"])
     inits = _ordered((r.init for r in runs), ["lecun", "xavier", "he"])
     formula = {"lecun": "1/n_in", "xavier": "2/(n_in+n_out)", "he": "2/n_in"}
-    table = _by(runs, "model.activation", "init")
+    table = _by(runs, "model.activation", "init.scheme")
     fig, axes = _panels(len(acts), rows=2)
     numbers, sentences, rows = {}, [], []
     for col, act in enumerate(acts):
@@ -310,8 +337,8 @@ def _xavier_variants(runs: list[Run], root: Path) -> LessonResult:
         axes[0][col].set(title=f"{act}: activation std at init", xlabel="hidden layer", yscale="log")
         axes[1][col].set(title=f"{act}: back-propagated gradient std at init",
                          xlabel="hidden layer", yscale="log")
-        axes[0][col].legend(fontsize=7)
-        axes[1][col].legend(fontsize=7)
+        _legend(axes[0][col], 7)
+        _legend(axes[1][col], 7)
     _save(fig, root / "lesson_xavier_variants.png")
     header = ["| activation | init, Var(W) | activation std first → last hidden | backprop std "
               "first/last hidden | after training |", "|---|---|---|---|---|"]
@@ -322,7 +349,7 @@ LR_FIND_SKIP = 10  # lightning.pytorch.tuner.lr_finder: suggestion(skip_begin=10
 
 
 def _learning_rate(runs: list[Run], root: Path) -> LessonResult:
-    by_lr = {choice(r, "optim.lr"): r for r in runs}
+    by_lr = {lr: run for (lr,), run in _by(runs, "optim.lr").items()}
     lrs = sorted(by_lr)
     fig, axes = _panels(3)
     numbers = {}
@@ -332,6 +359,7 @@ def _learning_rate(runs: list[Run], root: Path) -> LessonResult:
         if loss:
             axes[0][1].plot(*zip(*loss), label=f"lr {lr:g}")
         numbers[f"{lr:g}"] = {"test_acc": test_acc(run), "status": run.status,
+                              "best_val_acc": best_val(run),
                               "diverged_step": (run.result or {}).get("diverged_step"),
                               "first_loss": loss[0][1] if loss else None,
                               "last_loss": loss[-1][1] if loss else None}
@@ -343,7 +371,7 @@ def _learning_rate(runs: list[Run], root: Path) -> LessonResult:
     axes[0][0].set(xscale="log", xlabel="learning rate (SGD)", ylabel="test accuracy %",
                    title="accuracy at the budget", ylim=(0, 100))
     axes[0][1].set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
-    axes[0][1].legend(fontsize=7)
+    _legend(axes[0][1], 7)
     found = next((f for r in runs if (f := _json(r, "lr_find.json"))), None)
     lowest = None
     if found:
@@ -358,19 +386,21 @@ def _learning_rate(runs: list[Run], root: Path) -> LessonResult:
         if found.get("suggestion"):
             axes[0][2].axvline(found["suggestion"], color="r", ls="--",
                                label=f"Lightning's suggestion {found['suggestion']:.3g}")
-        axes[0][2].legend(fontsize=7)
+        _legend(axes[0][2], 7)
         axes[0][2].set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss",
                        title=f"range test (lr_find), from its point {LR_FIND_SKIP}")
     _save(fig, root / "lesson_learning_rate.png")
-    finished = [lr for lr in lrs if numbers[f"{lr:g}"]["test_acc"] is not None]
+    finished = [lr for lr in lrs if numbers[f"{lr:g}"]["test_acc"] is not None
+                and numbers[f"{lr:g}"]["best_val_acc"] is not None]
     sentences = []
     if finished:
         steps = next(((r.result or {}).get("steps") for r in runs if r.status == "ok"), None)
-        best = max(finished, key=lambda lr: numbers[f"{lr:g}"]["test_acc"])
+        best = max(finished, key=lambda lr: numbers[f"{lr:g}"]["best_val_acc"])  # by validation
         best_acc = numbers[f"{best:g}"]["test_acc"]
         small = lrs[0]
         s = numbers[f"{small:g}"]
-        text = (f"In {steps} SGD steps the best rate, {best:g}, reaches {pct(best_acc)}; the "
+        text = (f"In {steps} SGD steps the best rate by validation, {best:g}, reaches "
+                f"{pct(best_acc)} test accuracy; the "
                 f"smallest, {small:g}, reaches {outcome(by_lr[small])}")
         if s["test_acc"] is not None:
             text += f", {best_acc - s['test_acc']:.1f} points below"
@@ -378,6 +408,8 @@ def _learning_rate(runs: list[Run], root: Path) -> LessonResult:
         g = numbers[f"{large:g}"]
         if g["status"] == "diverged":
             text += f"; the largest, {large:g}, diverged (loss not finite) at step {g['diverged_step']}"
+        elif g["status"] not in ("ok", "stalled"):
+            text += f"; the largest, {large:g}: {outcome(by_lr[large])}"
         else:
             text += (f"; the largest, {large:g}, never converges: training loss "
                      f"{num(g['first_loss'])} at the first logged step, {num(g['last_loss'])} at "
@@ -385,8 +417,10 @@ def _learning_rate(runs: list[Run], root: Path) -> LessonResult:
         sentences.append(text + ".")
         numbers["best_lr"] = best
     if found:
+        stopped = (f", stopped early at {found['lr'][-1]:.3g} (loss above 4x its best)"
+                   if len(found["lr"]) < found["num_training"] else "")
         sentences.append(f"The range test (Lightning's lr_find: {len(found['lr'])} steps of a rate "
-                         f"growing from {found['min_lr']:g} to {found['max_lr']:g}) has its lowest "
+                         f"growing from {found['lr'][0]:.3g}{stopped}) has its lowest "
                          f"smoothed loss at {num(lowest)}; Lightning suggests "
                          f"{num(found.get('suggestion'))} (the steepest slope of the loss against "
                          f"the rate itself, not its logarithm, which favours small rates).")
@@ -412,58 +446,66 @@ def _batch_size(runs: list[Run], root: Path) -> LessonResult:
         epochs_run, time_run = table.get(("epochs", bs)), table.get(("time", bs))
         n = numbers[bs] = {}
         if epochs_run is not None and epochs_run.result:
-            res = epochs_run.result
             cosines = [v for _, v in epochs_run.scalars("grad_noise/cosine")]
-            train_s = last_scalar(epochs_run, "time/train_s")
-            n.update(cosine_mean=_mean(cosines), steps=res.get("steps"),
-                     epochs=res.get("epochs"), train_s=train_s,
-                     step_ms=1000 * train_s / res["steps"] if train_s and res.get("steps") else None,
-                     acc_epochs=test_acc(epochs_run))
+            n.update(cosine_mean=_mean(cosines), epochs=epochs_run.result.get("epochs"),
+                     acc_epochs=test_acc(epochs_run),
+                     subset=choice(epochs_run, "callbacks.grad_noise.num_examples"))
         if time_run is not None and time_run.result:
+            # timed on the wall-clock arm: no gradient-noise measurements there; time/train_s
+            # leaves validation out
+            clock = time_run.scalars("time/train_s")  # (step, training seconds up to it)
+            per_epoch = math.ceil(choice(time_run, "data.train_samples", 0) / bs)
+            step_ms = 1000 * clock[-1][1] / clock[-1][0] if clock and clock[-1][0] else None
             n.update(acc_time=test_acc(time_run), time_steps=time_run.result.get("steps"),
-                     time_budget=choice(time_run, "trainer.max_time"))
+                     time_budget=choice(time_run, "trainer.max_time"), step_ms=step_ms,
+                     epoch_s=step_ms * per_epoch / 1000 if step_ms and per_epoch else None)
     fig, axes = _panels(3)
     xs = [bs for bs in sizes if numbers[bs].get("cosine_mean") is not None]
     axes[0][0].plot(xs, [numbers[b]["cosine_mean"] for b in xs], marker="o")
-    axes[0][0].set(xscale="log", xlabel="batch size", ylabel="cosine(step gradient, full gradient)",
-                   title="gradient noise (1 = the full-batch direction)", ylim=(0, 1.05))
+    axes[0][0].set(xscale="log", xlabel="batch size", ylabel="cosine(step gradient, subset gradient)",
+                   title="gradient noise (1 = the subset's full-batch direction)", ylim=(0, 1.05))
     xs = [bs for bs in sizes if numbers[bs].get("step_ms")]
     axes[0][1].plot(xs, [numbers[b]["step_ms"] for b in xs], marker="o", label="ms per step")
-    axes[0][1].plot(xs, [numbers[b]["train_s"] for b in xs], marker="s",
-                    label="s of training, all epochs")
-    axes[0][1].set(xscale="log", yscale="log", xlabel="batch size", title="time")
-    axes[0][1].legend(fontsize=7)
+    axes[0][1].plot(xs, [numbers[b]["epoch_s"] for b in xs], marker="s", label="s per epoch")
+    axes[0][1].set(xscale="log", yscale="log", xlabel="batch size",
+                   title="training time (validation excluded)")
+    _legend(axes[0][1], 7)
     for key, label in (("acc_epochs", "same epochs"), ("acc_time", "same wall clock")):
         xs = [bs for bs in sizes if numbers[bs].get(key) is not None]
         axes[0][2].plot(xs, [numbers[b][key] for b in xs], marker="o", label=label)
     axes[0][2].set(xscale="log", xlabel="batch size", ylabel="test accuracy %", title="accuracy")
-    axes[0][2].legend(fontsize=7)
+    _legend(axes[0][2], 7)
     _save(fig, root / "lesson_batch_size.png")
-    have = [b for b in sizes if numbers[b].get("cosine_mean") is not None and numbers[b].get("step_ms")]
     sentences = []
-    if have:
-        lo, hi = have[0], have[-1]
+    noisy = [b for b in sizes if numbers[b].get("cosine_mean") is not None]
+    if noisy:
+        lo, hi = noisy[0], noisy[-1]
+        sentences.append(
+            f"The step's gradient agrees with the gradient on a fixed {numbers[lo]['subset']}-example "
+            f"subset of the training set with cosine {numbers[lo]['cosine_mean']:.2f} at batch size "
+            f"{lo} and {numbers[hi]['cosine_mean']:.2f} at {hi} (mean over training).")
+    timed_steps = [b for b in sizes if numbers[b].get("step_ms")]
+    if timed_steps:
+        lo, hi = timed_steps[0], timed_steps[-1]
         a, b = numbers[lo], numbers[hi]
         sentences.append(
-            f"The step's gradient points along the full-batch gradient with cosine "
-            f"{a['cosine_mean']:.2f} at batch size {lo} and {b['cosine_mean']:.2f} at {hi} (mean over "
-            f"training); a step costs {a['step_ms']:.2f} ms at {lo} and {b['step_ms']:.1f} ms at {hi} "
-            f"({b['step_ms'] / a['step_ms']:.0f}x), an epoch {a['train_s'] / a['epochs']:.1f} s vs "
-            f"{b['train_s'] / b['epochs']:.2f} s.")
+            f"A step costs {a['step_ms']:.2f} ms at {lo} and {b['step_ms']:.1f} ms at {hi} "
+            f"({b['step_ms'] / a['step_ms']:.0f}x); an epoch {a['epoch_s']:.1f} s vs "
+            f"{b['epoch_s']:.2f} s (training time without validation).")
     accs = {b: numbers[b] for b in sizes if numbers[b].get("acc_epochs") is not None}
     if accs:
-        best = max(accs, key=lambda b: accs[b]["acc_epochs"])
-        epochs = accs[best]["epochs"]
+        top = max(accs, key=lambda b: accs[b]["acc_epochs"])
+        epochs = accs[top]["epochs"]
         sentences.append(
-            f"After {epochs} epochs at the same rate: " + ", ".join(
-                f"{b}: {pct(accs[b]['acc_epochs'])}" for b in accs) + f" (best {best}).")
+            f"Test accuracy after {epochs} epochs at the same rate: " + ", ".join(
+                f"{b}: {pct(accs[b]['acc_epochs'])}" for b in accs) + f" (highest at {top}).")
     timed = {b: numbers[b] for b in sizes if numbers[b].get("acc_time") is not None}
     if timed:
-        best = max(timed, key=lambda b: timed[b]["acc_time"])
+        top = max(timed, key=lambda b: timed[b]["acc_time"])
         budget = _seconds(next(iter(timed.values()))["time_budget"])
-        sentences.append(f"With the same wall clock ({budget:g} s of fit, trainer.max_time): " + ", ".join(
-            f"{b}: {pct(timed[b]['acc_time'])}" for b in timed) + f" (best {best}).")
-    rows = ["| batch size | cosine to full gradient | ms per step | test acc, same epochs "
+        sentences.append(f"After the same {budget:g} s of fit (trainer.max_time): " + ", ".join(
+            f"{b}: {pct(timed[b]['acc_time'])}" for b in timed) + f" (highest at {top}).")
+    rows = ["| batch size | cosine to the subset gradient | ms per step | test acc, same epochs "
             "| test acc, same wall clock |", "|---|---|---|---|---|"]
     rows += [f"| {b} | {num(numbers[b].get('cosine_mean'))} | {num(numbers[b].get('step_ms'))} "
              f"| {pct(numbers[b].get('acc_epochs'))} | {pct(numbers[b].get('acc_time'))} |" for b in sizes]
@@ -481,20 +523,20 @@ def _update_ratio_mean(run: Run) -> list[tuple[int, float]]:
 
 
 def _optimizers(runs: list[Run], root: Path) -> LessonResult:
-    names = _ordered((choice(r, "optim") for r in runs),
-                     ["sgd", "momentum", "adagrad", "rmsprop", "adam"])
+    table = _by(runs, "optim", "optim.lr")
+    names = _ordered((name for name, _ in table), ["sgd", "momentum", "adagrad", "rmsprop", "adam"])
     best: dict[str, Run] = {}
-    rows = ["| optimizer | learning rate | best val accuracy | test accuracy |", "|---|---|---|---|"]
+    rows = ["| optimizer | learning rate | best validation accuracy | test accuracy (the run's end) |",
+            "|---|---|---|---|"]
     for name in names:
-        candidates = [r for r in runs if choice(r, "optim") == name]
-        for r in sorted(candidates, key=lambda r: choice(r, "optim.lr")):
-            mark = ""
-            rows.append(f"| {name} | {choice(r, 'optim.lr'):g} | "
-                        f"{pct(None if metric(r, 'val/acc') is None else 100 * metric(r, 'val/acc'))} "
-                        f"| {outcome(r)}{mark} |")
-        scored = [r for r in candidates if metric(r, "val/acc") is not None and r.status != "diverged"]
+        candidates = sorted(((lr, run) for (opt, lr), run in table.items() if opt == name),
+                            key=lambda pair: pair[0])
+        scored = [run for _, run in candidates if best_val(run) is not None]
         if scored:
-            best[name] = max(scored, key=lambda r: metric(r, "val/acc"))
+            best[name] = max(scored, key=best_val)
+        for lr, run in candidates:
+            chosen = " (best rate)" if best.get(name) is run else ""
+            rows.append(f"| {name} | {lr:g}{chosen} | {pct(best_val(run))} | {outcome(run)} |")
     fig, axes = _panels(2)
     numbers, parts = {}, []
     for name, run in best.items():
@@ -510,18 +552,18 @@ def _optimizers(runs: list[Run], root: Path) -> LessonResult:
             late = statistics.mean(v for _, v in ratio[-k:])
             numbers[name] = {"lr": lr, "test_acc": test_acc(run), "update_ratio_log10_early": early,
                              "update_ratio_log10_late": late}
-            parts.append(f"{name} (lr {lr:g}, {pct(test_acc(run))}) {10 ** early:.1e} → {10 ** late:.1e}"
+            parts.append(f"{name} (lr {lr:g}, test {outcome(run)}) {10 ** early:.1e} → {10 ** late:.1e}"
                          f" ({10 ** (late - early):.2g}x)")
     axes[0][0].set(xlabel="step", ylabel="training loss", yscale="log",
                    title="training loss (each optimizer at its best rate)")
-    axes[0][1].set(xlabel="step", ylabel="log10 std(ΔW)/std(W), mean over layers",
+    axes[0][1].set(xlabel="step", ylabel="log10 std(ΔW)/std(W), averaged over layers",
                    title="relative step size")
     for ax in axes[0]:
-        ax.legend(fontsize=7)
+        _legend(ax, 7)
     _save(fig, root / "lesson_optimizers.png")
     sentences = []
     if parts:
-        sentences.append("Relative step size std(ΔW)/std(W) (mean over layers), first tenth of "
+        sentences.append("Relative step size std(ΔW)/std(W) (geometric mean over layers), first tenth of "
                          "training → last tenth, each optimizer at its best rate by validation: "
                          + "; ".join(parts) + ".")
     return LessonResult(sentences, "lesson_optimizers.png", rows, numbers)
@@ -561,8 +603,8 @@ def _vanishing(runs: list[Run], root: Path) -> LessonResult:
                          xlabel="depth", yscale="log")
         axes[1][col].set(title=f"{act}: first layer ‖ΔW‖/‖W0‖ after training (0: off the axis)",
                          xlabel="depth", yscale="log")
-        axes[0][col].legend(fontsize=7)
-        axes[1][col].legend(fontsize=7)
+        _legend(axes[0][col], 7)
+        _legend(axes[1][col], 7)
     _save(fig, root / "lesson_vanishing.png")
     depths = sorted({choice(r, "model.depth") for r in runs})
     if len(depths) >= 2:
@@ -587,7 +629,7 @@ def _exploding(runs: list[Run], root: Path) -> LessonResult:
     by_arm = _by(runs, "arm/exploding")
     fig, axes = _panels(2)
     numbers, parts = {}, []
-    rows = ["| arm | backprop std, output layer → first layer, at init | outcome |", "|---|---|---|"]
+    rows = ["| arm | backprop std at init, last hidden layer → first (fc1) | outcome |", "|---|---|---|"]
     for arm in arms:
         run = by_arm[(arm,)]
         back = init_layer_stat(run, "backprop_std")
@@ -597,19 +639,19 @@ def _exploding(runs: list[Run], root: Path) -> LessonResult:
         if loss:
             axes[0][1].plot(*zip(*loss), label=arm)
         first, last = (back[0][1], back[-1][1]) if back else (None, None)
-        numbers[arm] = {"backprop_std_first_layer": first, "backprop_std_output": last,
+        numbers[arm] = {"backprop_std_first_layer": first, "backprop_std_last_hidden": last,
                         "growth_toward_input": first / last if back and last else None,
                         "status": run.status, "test_acc": test_acc(run),
                         "diverged_step": (run.result or {}).get("diverged_step")}
         rows.append(f"| {arm} | {num(last)} → {num(first)} | {outcome(run)} |")
-        parts.append(f"{arm}: gradient std ×{num(numbers[arm]['growth_toward_input'])} from the output "
-                     f"to the first layer, {outcome(run)}")
+        parts.append(f"{arm}: back-propagated gradient std ×{num(numbers[arm]['growth_toward_input'])} "
+                     f"from the last hidden layer to the first, {outcome(run)}")
     axes[0][0].set(yscale="log", title="back-propagated gradient std per layer at init",
                    xlabel="layer (input → output)")
     axes[0][0].tick_params(axis="x", labelrotation=90, labelsize=7)
     axes[0][1].set(yscale="log", xlabel="step", ylabel="training loss", title="training loss")
     for ax in axes[0]:
-        ax.legend(fontsize=7)
+        _legend(ax, 7)
     _save(fig, root / "lesson_exploding.png")
     depth = next((choice(r, "model.depth") for r in runs), "?")
     sentences = [f"{depth}-layer ReLU MLP, SGD — " + "; ".join(parts) + "."]
@@ -643,7 +685,7 @@ def _curves(ax, runs_labels, title):
                 ax.plot(*zip(*[(s, 100 * v) for s, v in val]), ls="--", color=line.get_color(),
                         label=f"{label} val")
     ax.set(xlabel="step", ylabel="accuracy %", title=title)
-    ax.legend(fontsize=6)
+    _legend(ax, 6)
 
 
 def _fitting(runs: list[Run], root: Path) -> LessonResult:
@@ -660,15 +702,9 @@ def _fitting(runs: list[Run], root: Path) -> LessonResult:
     rows = ["| arm | train accuracy (last epoch) | validation | gap | test |", "|---|---|---|---|---|"]
     rows += [f"| {arm} | {pct(t)} | {pct(v)} | {num(g, 2)} | {outcome(run)} |"
              for arm, run, t, v, g in data]
-    sentence = ("Training accuracy is the last epoch's running mean (dropout and augmentation on). "
-                + "; ".join(parts) + ".")
+    sentence = ("Training accuracy is the last epoch's running mean over its batches, as trained "
+                "(for regularized: dropout and augmentation on). " + "; ".join(parts) + ".")
     return LessonResult([sentence], "lesson_fitting.png", rows, numbers)
-
-
-def _pooled(summary: dict, key: str, weighted_by: str = "numel") -> float | None:
-    layers = summary["layers"].values()
-    total = sum(s.get(weighted_by, 0) for s in layers)
-    return sum(s[key] * s.get(weighted_by, 0) for s in layers) / total if total else None
 
 
 def _weight_totals(run: Run) -> dict | None:
@@ -676,8 +712,9 @@ def _weight_totals(run: Run) -> dict | None:
     if summary is None:
         return None
     layers = (run.init_stats or {}).get("layers", {})
-    numel = {n: layers[n]["fan_in"] * layers[n]["fan_out"] for n in layers
-             if "fan_in" in layers[n]}
+    # units (output features or channels) x fan_in (inputs per unit) = the weight's size
+    numel = {n: s["units"] * layers[n]["fan_in"] for n, s in summary["layers"].items()
+             if "fan_in" in layers.get(n, {})}
     near = sum(s["near_zero_fraction"] * numel.get(n, 0) for n, s in summary["layers"].items())
     count = sum(numel.get(n, 0) for n in summary["layers"])
     return {"near_zero_fraction": near / count if count else None,
@@ -688,7 +725,7 @@ def _weight_totals(run: Run) -> dict | None:
 
 def _l1_l2(runs: list[Run], root: Path) -> LessonResult:
     table = _by(runs, "l1", "l2")
-    numbers, rows = {}, ["| l1 | l2 | weights with \\|w\\| < 1e-3 | ‖W‖₂ (all layers) | test accuracy |",
+    numbers, rows = {}, ["| l1 | l2 | weights with \\|w\\| < threshold | ‖W‖₂ (all layers) | test accuracy |",
                          "|---|---|---|---|---|"]
     for (l1, l2), run in sorted(table.items()):
         totals = _weight_totals(run) or {}
@@ -713,18 +750,19 @@ def _l1_l2(runs: list[Run], root: Path) -> LessonResult:
         axes[0][0].plot(labels, [100 * p[1] for p in pts], marker="o", label=f"{penalty} only")
         axes[0][1].plot(labels, [p[2] for p in pts], marker="o", label=f"{penalty} only")
         axes[0][2].plot(labels, [p[3] or 0 for p in pts], marker="o", label=f"{penalty} only")
-    axes[0][0].set(xlabel="coefficient", ylabel="% of weights with |w| < 1e-3", title="sparsity")
+    axes[0][0].set(xlabel="coefficient", ylabel="% of weights with |w| < 1e-3 (weights.json)",
+                   title="sparsity")
     axes[0][1].set(xlabel="coefficient", ylabel="‖W‖₂", title="weight norm")
     axes[0][2].set(xlabel="coefficient", ylabel="test accuracy %", title="accuracy")
     for ax in axes[0]:
-        ax.legend(fontsize=7)
+        _legend(ax, 7)
     _save(fig, root / "lesson_l1_l2.png")
 
     def describe(key):
         n = numbers.get(key)
         if not n or n.get("near_zero_fraction") is None:
             return None
-        return (f"{100 * n['near_zero_fraction']:.1f}% of weights below 1e-3 in magnitude, "
+        return (f"{100 * n['near_zero_fraction']:.1f}% of weights below {n['threshold']:g} in magnitude, "
                 f"‖W‖₂ {num(n['weight_l2'])}, {pct(n['test_acc'])}")
     l1s = sorted({k[0] for k in table if k[1] == 0 and k[0] > 0})
     l2s = sorted({k[1] for k in table if k[0] == 0 and k[1] > 0})
@@ -770,16 +808,17 @@ def _corrupt_levels(run: Run, kind: str) -> list[tuple[float, float]]:
 
 
 def _augmentation(runs: list[Run], root: Path) -> LessonResult:
-    by_aug = _by(runs, "augment")
-    augs = _ordered((choice(r, "augment") for r in runs), ["none", "noise", "skew", "noise_skew"])
+    by_aug = {aug or "none": run for (aug,), run in _by(runs, "augment").items()}
+    augs = _ordered(by_aug, ["none", "noise", "skew", "noise_skew"])
     fig, axes = _panels(2)
     numbers, rows = {}, []
     kinds = ("noise", "skew")
-    levels = {k: [lv for lv, _ in _corrupt_levels(runs[0], k)] for k in kinds}
+    # every level any run was tested at; a run without one gets "-" in its column
+    levels = {k: sorted({lv for r in runs for lv, _ in _corrupt_levels(r, k)}) for k in kinds}
     rows = ["| augmentation | clean | " + " | ".join(f"{k} {lv:g}" for k in kinds for lv in levels[k])
             + " |", "|---" * (2 + sum(len(v) for v in levels.values())) + "|"]
     for aug in augs:
-        run = by_aug[(aug,)]
+        run = by_aug[aug]
         numbers[aug] = {"clean": test_acc(run)}
         cells = []
         for col, kind in enumerate(kinds):
@@ -787,13 +826,13 @@ def _augmentation(runs: list[Run], root: Path) -> LessonResult:
             numbers[aug][kind] = {f"{lv:g}": acc for lv, acc in pts}
             if pts:
                 axes[0][col].plot(*zip(*pts), marker="o", label=aug)
-            cells += [pct(acc) for _, acc in pts]
+            cells += [pct(dict(pts).get(lv)) for lv in levels[kind]]
         rows.append(f"| {aug} | {pct(numbers[aug]['clean'])} | " + " | ".join(cells) + " |")
     axes[0][0].set(xlabel="noise std of the test images", ylabel="test accuracy %",
                    title="Gaussian noise")
     axes[0][1].set(xlabel="shear angle of the test images (degrees)", title="skew")
     for ax in axes[0]:
-        ax.legend(fontsize=7)
+        _legend(ax, 7)
     _save(fig, root / "lesson_augmentation.png")
     sentences = []
     for kind, aug in (("noise", "noise"), ("skew", "skew")):
@@ -826,16 +865,21 @@ def lesson_section(root: str | Path, runs: list[Run]) -> list[str]:
         return []
     root = Path(root)
     number, title, claim = LESSONS[topic]
+    SHARED.clear()
     result = DRAW[topic](runs, root)
     finished = sum(r.result is not None for r in runs)
     record = {"topic": topic, "number": number, "title": title, "claim": claim,
               "runs": len(runs), "finished": finished, "sentences": result.sentences,
-              "figure": result.figure, "numbers": result.numbers}
+              "figure": result.figure, "numbers": result.numbers,
+              "shared_configurations": list(SHARED)}
     atomic_write(root / "lesson.json", json.dumps(record, indent=2, default=str).encode())
-    lines = [f"## Lesson {number}: {title}", "", f"*The claim:* {claim}", "",
+    lines = [f"## Lesson {number}: {title}", "", f"*The lesson says:* {claim}", "",
              "*Measured here:* " + " ".join(result.sentences), ""]
     if finished < len(runs):
         lines += [f"(from {finished} of {len(runs)} runs: the others have no result.json)", ""]
+    if SHARED:
+        lines += [f"**Note:** several runs share the configuration(s) {', '.join(SHARED)} (another "
+                  "swept setting or seed): the lesson shows the first of each, in job order.", ""]
     if result.figure:
         lines += [f"![{title}]({result.figure})", ""]
     lines += result.table + [""]
