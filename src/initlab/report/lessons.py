@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from initlab.report.collect import Run  # noqa: E402
+from initlab.report.figures import save_figure  # noqa: E402
 from initlab.utils import atomic_write  # noqa: E402
 
 # topic -> (number in the lesson, title, the lesson's claim)
@@ -93,11 +94,6 @@ def choice(run: Run, key: str, default=None):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def optimizer_name(run: Run) -> str:
-    """The optim option (sgd, adam, ...), or the torch class when the group was not overridden."""
-    return choice(run, "optim") or str(choice(run, "optim._target_", "?")).rsplit(".", 1)[-1]
-
-
 def _json(run: Run, name: str) -> dict | None:
     try:
         return json.loads((run.path / name).read_text())
@@ -156,19 +152,11 @@ def init_layer_stat(run: Run, key: str) -> list[tuple[str, float]]:
     return [(name, s[key]) for name, s in layers.items() if key in s]
 
 
-def last_scalar(run: Run, tag: str) -> float | None:
-    points = run.scalars(tag)
-    return points[-1][1] if points else None
-
-
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
     for ax in fig.axes:
         ax.title.set_fontsize(9)
     fig.tight_layout()
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=80)
 
 
 def _legend(ax, fontsize: int = 7) -> None:

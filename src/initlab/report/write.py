@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from initlab.monitors.stats import HISTOGRAM_BINS  # noqa: E402
 from initlab.report.collect import Run  # noqa: E402
+from initlab.report.figures import save_figure  # noqa: E402
 from initlab.report.lessons import lesson_section  # noqa: E402
 from initlab.utils import atomic_write  # noqa: E402
 
@@ -128,15 +129,8 @@ def _per_layer_figure(runs: list[Run], family: str, stat: str, title: str, path:
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return True
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def histogram_density(hist, bins: int = HISTOGRAM_BINS) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +188,7 @@ def _histogram_figure(runs: list[Run], kind: str, path: Path) -> bool:
         ax.legend(fontsize=7)
     fig.suptitle(f"{kind} densities at initialization (step 0)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -220,7 +214,7 @@ def _error_curves(rows: list[dict], path: Path) -> bool:
     ax.legend(fontsize=6)
     ax.set_title("error curves (mean over seeds)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
