@@ -16,8 +16,9 @@ What it leaves out is what the framework adds: checkpoints, TensorBoard, monitor
 test sets, progress lines, config composition.
 
 Prints the test accuracy and where the time went; ``--json PATH`` writes the same as
-``{"test_acc", "phases_s": {startup, data_load, build, first_step, fit, test, total}}``, all
-seconds, ``startup`` and ``first_step`` and ``total`` counted from process start.
+``{"test_acc", "phases_s": {startup, data_load, build, first_step, fit, validation, test,
+total}}``, all seconds (``validation`` inside ``fit``), ``startup``, ``first_step`` and
+``total`` counted from process start.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     phases["build"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    step, val_acc = 0, math.nan
+    step, val_acc, validation = 0, math.nan, 0.0
     for epoch in range(args.epochs):
         gen = torch.Generator().manual_seed(stream_seed(args.seed, DATA_ORDER, epoch))
         order = torch.randperm(len(train_y), generator=gen)
@@ -157,10 +158,13 @@ def main(argv: list[str] | None = None) -> dict:
             scheduler.step()
             step += 1
         else:
+            begin = time.perf_counter()
             val_acc = accuracy(model, val_x, val_y, args.eval_batch_size)
+            validation += time.perf_counter() - begin
             continue
         break
     phases["fit"] = time.perf_counter() - start
+    phases["validation"] = validation  # inside fit
 
     start = time.perf_counter()
     test_acc = accuracy(model, test_x, test_y, args.eval_batch_size)

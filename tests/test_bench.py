@@ -23,6 +23,11 @@ def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
     assert set(saved) == set(cases) | {"machine"}
     assert set(saved["framework"]["ratios"]) == {"framework", "monitors_default",
                                                  "monitors_glorot"}
+    framework = saved["framework"]
+    for label in ("framework", "monitors_default", "monitors_glorot"):
+        low, high = framework["interval"][label]
+        assert low <= high and framework["spread"][label] >= 0
+    assert all(len(ratios) == 1 for ratios in framework["per_fit"].values())
     assert saved["data"]["ratios"]["augmented_vs_per_image"] > 0
     assert saved["speedrun"]["runs"][0]["initlab_acc"] >= 0
     assert saved["startup"]["seconds"]["startup"] > 0
@@ -44,12 +49,19 @@ def test_bench_quick_whole_processes(tmp_path, monkeypatch, capsys):
     assert set(whole["ratios"]) == {"whole_speedrun", "whole_default", "first_step_vs_floor"}
     assert all(r > 0 for r in whole["ratios"].values())
     assert set(whole["ratio_spread"]) == {"whole_speedrun", "whole_default"}
-    assert "experiment=speedrun seed=1" in whole["commands"]["speedrun"]
-    assert "--betas 0.7 0.9 --pct-start 0.1 --seed 1" in whole["plain_commands"]["speedrun"]
+    assert "experiment=speedrun seed=0" in whole["commands"]["speedrun"][0]
+    assert "--betas 0.7 0.9 --pct-start 0.1 --seed 0" in whole["plain_commands"]["speedrun"][0]
+    # the speedrun has no monitors or corrupted test sets, the default command both; 6 steps
+    # end inside the first epoch, before any validation
+    assert set(whole["breakdown"]["speedrun"]["initlab"]) == set(bench.BREAKDOWN) - {
+        "probe", "robustness", "validation"}
+    assert set(whole["breakdown"]["default"]["initlab"]) == set(bench.BREAKDOWN) - {"validation"}
+    assert list(whole["goals"]) == ["speedrun mean test accuracy >= 0.99 over seeds 0-0"]
     for name in ("speedrun", "default"):
         initlab, plain = whole["breakdown"][name]["initlab"], whole["breakdown"][name]["plain"]
-        assert set(initlab) == set(bench.BREAKDOWN)
-        assert set(plain) == {"startup", "data_load", "build", "first_step", "fit", "test", "total"}
+        assert set(plain) == {"startup", "data_load", "build", "first_step", "fit", "validation",
+                              "test", "total"}
+        assert whole["test_acc_mean"][name]["plain"] == whole["test_acc"][name]["plain"][0]
         assert initlab["startup"] < initlab["first_step"] < initlab["total"]
         assert plain["startup"] < plain["first_step"] < plain["total"]
         assert whole["seconds"][name] > 0 and whole["seconds"][f"{name}_plain"] > 0
@@ -82,3 +94,30 @@ def test_bench_on_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch, cap
     assert exit_info.value.code == 2
     assert "--device cuda: torch" in capsys.readouterr().err
     assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.parametrize("every", [5, 7, 25])
+def test_paired_fit_times_every_step_once(tmp_path, monkeypatch, every):
+    """The framework case's interleaving: every training step of the fit falls in exactly one
+    timed segment, and the raw loop trains as many steps as the fit did, segment by segment,
+    whether or not the cadence divides the step count."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import bench
+    from hydra.utils import instantiate
+
+    data_dir = bench.synthetic_mnist(tmp_path / "data", 3000, 100)  # 22 batches of 128
+    cfg = bench.compose_cfg(*bench.training_overrides(data_dir, 20, tmp_path / "out", quick=True),
+                            "callbacks=none")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    images, labels = datamodule.splits["train"]
+    model = instantiate(cfg.model)
+    raw = bench.RawSteps(model, instantiate(cfg.optim)(model.parameters()), images, labels,
+                         cfg.data.batch_size, seed=0)
+    fit = bench.paired_fit(cfg, datamodule, raw, every)
+    expected = [every] * (20 // every) + ([20 % every] if 20 % every else [])
+    assert fit["steps"] == expected and raw.done == 20
+    assert len(fit["fit_s"]) == len(fit["raw_s"]) == len(expected)
+    assert all(t > 0 for t in fit["fit_s"] + fit["raw_s"]) and fit["outside_s"] > 0
+    assert bench.paired_ratio([fit]) == pytest.approx(
+        (sum(fit["fit_s"]) + fit["outside_s"]) / sum(fit["raw_s"]))

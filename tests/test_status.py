@@ -66,16 +66,59 @@ def test_healthy_run_result(make_cfg, tmp_path):
     assert result["score"] == result["metrics"]["test/acc"]
     # where the time went: the phases of run() fit inside its wall time, the parts inside fit
     t = result["timings_s"]
-    assert set(t) == {"startup", "build", "fit", "test", "logging", "data_load",
-                      "checkpoint_writes", "first_step", "total"}
+    assert set(t) == {"startup", "build", "fit", "validation", "test", "robustness", "logging",
+                      "data_load", "checkpoint_writes", "first_step", "total"}
     assert all(v >= 0 for v in t.values())
     assert t["build"] + t["fit"] + t["test"] + t["logging"] <= result["wall_time_s"] + 0.01
     assert 0 < t["data_load"] <= t["fit"] and 0 < t["checkpoint_writes"] <= t["fit"]
+    # validation is inside fit, the corrupted test sets inside test (8 of the 9 test loaders)
+    assert 0 < t["validation"] < t["fit"] and 0 < t["robustness"] < t["test"]
     assert t["total"] >= t["startup"] + result["wall_time_s"] - 0.01 and t["startup"] > 0
     # the first step starts after startup and build, inside fit, before the end (each rounded)
     begin_fit = t["startup"] + t["build"]
     assert begin_fit - 0.002 <= t["first_step"] <= begin_fit + t["fit"] + 0.002
     assert t["first_step"] < t["total"]
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_timings_of_the_optional_parts(make_cfg, tmp_path, every):
+    """The probe monitor's time (step 0 and every ``every`` steps) is in timings_s, inside fit;
+    no corrupted test sets or validation: no such keys."""
+    run(make_cfg("trainer.max_epochs=1", "callbacks=default", "robustness=null",
+                 "trainer.limit_val_batches=0", f"callbacks.probe.every_n_steps={every}",
+                 "callbacks.probe.jacobian_samples=0"))
+    t = json.loads((tmp_path / "run" / "result.json").read_text())["timings_s"]
+    assert "robustness" not in t and "validation" not in t
+    assert 0 < t["probe"] < t["fit"]
+
+
+@pytest.mark.parametrize("every", [1, 2, 1000])
+def test_probe_time_counts_every_probe(make_cfg, every):
+    """ProbeMonitor's timings_s["probe"] is the time of every measurement it made (step 0, the
+    cadence's, the end's), recomputed here by timing each call from outside."""
+    import time
+
+    from initlab.monitors import ProbeMonitor
+    from initlab.train import build
+
+    cfg = make_cfg("callbacks=default", "robustness=null", "test=false",
+                   f"callbacks.probe.every_n_steps={every}", "callbacks.probe.jacobian_samples=0")
+    datamodule, module, trainer = build(cfg)
+    monitor = next(c for c in trainer.callbacks if isinstance(c, ProbeMonitor))
+    original, steps, outside = monitor._probe_and_log, [], []
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            outside.append(time.perf_counter() - start)
+            steps.append(args[2])
+
+    monitor._probe_and_log = timed
+    trainer.fit(module, datamodule=datamodule)
+    assert steps == {1: [0, 1, 2, 3], 2: [0, 2, 3], 1000: [0, 3]}[every]
+    assert sum(outside) <= monitor.timings_s["probe"] <= sum(outside) + 0.005 * len(steps)
 
 
 def sweep_args(tiny_data, sweep, *overrides):

@@ -158,25 +158,54 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None,
     return datamodule, module, trainer
 
 
-class FirstStepClock(L.Callback):
-    """Marks, once, the start of the run's first training batch (the batch is already fetched,
-    the forward not yet run) on a :class:`Timings`."""
+class RunClock(L.Callback):
+    """Marks, on a :class:`Timings`, the start of the first training batch this process runs
+    (the batch already fetched, the forward not yet run), and adds up, in its ``timings_s``,
+    the validation passes (inside ``fit``) and the corrupted test sets (the test loaders after
+    the clean one, inside ``test``). Host clock: on CUDA a phase ends when its last result is
+    read back."""
 
     def __init__(self, clock: Timings):
         self.clock = clock
+        self.timings_s: dict[str, float] = {}
+        self._validation_start: float | None = None
+        self._robustness_start: float | None = None
+
+    def _add(self, key: str, since: float) -> None:
+        self.timings_s[key] = self.timings_s.get(key, 0.0) + time.perf_counter() - since
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.clock.first_step is None:
             self.clock.first_step = self.clock.age()
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._validation_start is not None:
+            self._add("validation", self._validation_start)
+            self._validation_start = None
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if dataloader_idx > 0 and self._robustness_start is None:
+            self._robustness_start = time.perf_counter()
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if self._robustness_start is not None:
+            self._add("robustness", self._robustness_start)
+            self._robustness_start = None
+
 
 class Timings:
     """Where a run's wall clock goes, for result.json's ``timings_s``: ``startup`` (process
     start to run(): imports, config), the phases of run() (``build``, ``tune`` with
-    ``+tune=lr_find``, ``fit``, ``test``, ``logging``), and inside them ``data_load`` (reading
-    and checking MNIST) and ``checkpoint_writes``; ``first_step``: process start to the start
-    of the first training step this process runs (imports, config, build, data load,
-    Lightning's setup; absent if it ran none); ``total`` from process start."""
+    ``+tune=lr_find``, ``fit``, ``test``, ``logging``); inside them ``data_load`` (reading and
+    checking MNIST), ``checkpoint_writes``, ``validation`` (inside fit), ``robustness`` (the
+    corrupted test sets, inside test) and ``probe`` (the probe monitor's measurements, step 0
+    included, inside fit), each present when it happened; ``first_step``: process start to the
+    start of the first training step this process runs (imports, config, build, data load,
+    Lightning's setup; absent if it ran none); ``total`` from process start. Callbacks that
+    time themselves contribute their ``timings_s`` dict."""
 
     def __init__(self):
         self.start = time.perf_counter()
@@ -184,9 +213,10 @@ class Timings:
         self.first_step: float | None = None
         self.phases: dict[str, float] = {}
         self._datamodule = self._checkpoint_io = None
+        self._callbacks: list = []
 
-    def callback(self) -> FirstStepClock:
-        return FirstStepClock(self)
+    def callback(self) -> RunClock:
+        return RunClock(self)
 
     def age(self) -> float:
         """Seconds since process start, on the same clock as ``total``."""
@@ -202,6 +232,7 @@ class Timings:
 
     def watch(self, trainer, datamodule) -> None:
         self._datamodule, self._checkpoint_io = datamodule, trainer.strategy.checkpoint_io
+        self._callbacks = trainer.callbacks
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -211,6 +242,8 @@ class Timings:
                  "first_step": self.first_step,
                  "data_load": getattr(self._datamodule, "load_seconds", None),
                  "checkpoint_writes": getattr(self._checkpoint_io, "seconds", None)}
+        for callback in self._callbacks:
+            parts.update(getattr(callback, "timings_s", {}))
         total = self.age()
         return {**{k: round(v, 3) for k, v in parts.items() if v is not None},
                 "total": round(total, 3)}

@@ -189,9 +189,18 @@ class ProbeMonitor(L.Callback):
         self.run_info = dict(run_info or {})
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_step = -1
+        self.timings_s = {"probe": 0.0}  # result.json's timings_s: seconds spent probing
 
     def _measure(self, trainer, pl_module, step: int, jacobian: bool, histograms: bool
                  ) -> tuple[Probe, dict[str, dict[str, float]]]:
+        start = time.perf_counter()  # the measurement ends with its one host transfer: synced
+        try:
+            return self._probe_and_log(trainer, pl_module, step, jacobian, histograms)
+        finally:
+            self.timings_s["probe"] += time.perf_counter() - start
+
+    def _probe_and_log(self, trainer, pl_module, step: int, jacobian: bool, histograms: bool
+                       ) -> tuple[Probe, dict[str, dict[str, float]]]:
         """Probe, log, and return the result with its scalars as host numbers."""
         model = pl_module.model
         x, y = self._batch
