@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -203,3 +204,41 @@ def test_every_logged_statistic_matches_the_oracle(make_cfg, tmp_path, case, rea
         assert hist.sum_squares == pytest.approx((flat ** 2).sum(), rel=1e-4)
         counts, _ = np.histogram(flat, np.linspace(flat.min(), flat.max(), len(hist.bucket) + 1))
         assert np.abs(np.asarray(hist.bucket) - counts).sum() <= 1e-4 * flat.size + 4, tag
+
+
+class _EpochOracle(L.Callback):
+    """Before each training step, the batch's correct predictions and summed cross-entropy,
+    recomputed with a plain forward pass of the same weights (no dropout in the tiny CNN)."""
+
+    def __init__(self):
+        self.per_epoch: dict[int, list[float]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        x, y = batch
+        with torch.no_grad():
+            logits = pl_module.model(x)
+        sums = self.per_epoch.setdefault(trainer.current_epoch, [0.0, 0.0, 0])
+        sums[0] += float((logits.argmax(1) == y).sum())
+        sums[1] += float(F.cross_entropy(logits, y, reduction="sum"))
+        sums[2] += len(y)
+
+
+@pytest.mark.parametrize("batch_size", [32, 40])
+def test_train_epoch_means_match_the_oracle(make_cfg, batch_size):
+    """train/acc_epoch and train/loss_epoch are per-example means over the epoch's batches
+    (40: batches of 40, 40 and 16 weigh by their sizes), each epoch its own: the second
+    epoch's values are compared, after the first was logged and reset."""
+    cfg = make_cfg(f"data.batch_size={batch_size}", "trainer.max_epochs=2", "robustness=null",
+                   "test=false", "scheduler=none")
+    datamodule, module, trainer = build(cfg)
+    oracle = _EpochOracle()
+    trainer.callbacks.append(oracle)
+    trainer.fit(module, datamodule=datamodule)
+    assert len(oracle.per_epoch) == 2
+    correct, loss, n = oracle.per_epoch[1]
+    assert n == 96
+    final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert final["train/acc_epoch"] == pytest.approx(correct / n, rel=1e-6)  # logged as float32
+    assert final["train/loss_epoch"] == pytest.approx(loss / n, rel=1e-5)
+    first_correct, first_loss, _ = oracle.per_epoch[0]
+    assert (first_correct, first_loss) != (correct, loss)  # the epochs differ: a reset is tested

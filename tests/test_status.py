@@ -51,6 +51,37 @@ def test_divergence_at_any_monitor_cadence_ends_diverged(make_cfg, tmp_path, mod
     assert result["diverged_step"] == expected["diverged_step"]
 
 
+@pytest.mark.parametrize("fold", [2, 3, 256])
+@pytest.mark.parametrize("bad_step", [5, 13])
+@pytest.mark.parametrize("every", [1, 4, 50])
+def test_first_non_finite_step_is_exact_across_loss_folds(make_cfg, monkeypatch, fold, bad_step,
+                                                          every):
+    """RunStatus keeps each step's loss and folds them on the device every FOLD steps: a NaN
+    written into the weights before step ``bad_step`` is reported as diverged at that step, at
+    check cadences and fold sizes that do and do not line up with it."""
+    import lightning as L
+    import torch
+
+    from initlab.status import RunStatus
+    from initlab.train import build
+
+    class Poison(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == bad_step:
+                with torch.no_grad():
+                    pl_module.model.out.weight.fill_(float("nan"))
+
+    monkeypatch.setattr(RunStatus, "FOLD", fold)
+    cfg = make_cfg("trainer.max_epochs=20", "robustness=null", "data.batch_size=8",
+                   "optim=sgd", "scheduler=none", f"status.check_every_n_steps={every}")
+    datamodule, module, trainer = build(cfg, extra_callbacks=[Poison()])
+    trainer.fit(module, datamodule=datamodule)
+    status = next(c for c in trainer.callbacks if isinstance(c, RunStatus))
+    assert status.status == "diverged" and status.diverged_step == bad_step
+    # stopped at the first check at or after the bad step (or the end of the epoch's steps)
+    assert bad_step < trainer.global_step <= bad_step + every
+
+
 def test_stalled_run_is_marked(make_cfg, tmp_path):
     score = run(make_cfg("init=zeros", "optim=sgd", "optim.lr=0.01", "status.stall_accuracy=0.5"))
     result = json.loads((tmp_path / "run" / "result.json").read_text())

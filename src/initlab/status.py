@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from initlab.utils import weight_layers
 
 BLOWUP_NORM = 1e6  # a weight-gradient norm above this counts as blown up
+NONE_BAD = 2**62  # "no non-finite loss yet", as a step index on the device
 
 
 class RunStatus(L.Callback):
@@ -19,9 +20,10 @@ class RunStatus(L.Callback):
     its best validation accuracy stays below ``stall_accuracy``; ``interrupted`` on Ctrl-C or
     SIGTERM.
 
-    Every step costs a few device ops (the index of the first step whose loss was not finite
-    is kept on the device); the host reads it, and each layer's weight-gradient norm, every
-    ``check_every_n_steps`` steps and at the end. A diverged run records ``diverged_step`` (the
+    A step costs no device op: its loss tensor is kept; every ``FOLD`` steps the kept losses
+    fold, on the device, into the first step whose loss was not finite, and the host reads
+    that, and each layer's weight-gradient norm, every ``check_every_n_steps`` steps and at
+    the end. A diverged run records ``diverged_step`` (the
     first step whose loss was not finite, exact at any cadence), ``diverged_layer`` (the
     input-most layer whose weight-gradient norm was first seen non-finite or above 1e6) and
     ``blowup_step`` (the step at which that was seen: checked steps, and the step it stopped).
@@ -37,8 +39,9 @@ class RunStatus(L.Callback):
         self.best_val_acc = -math.inf
         self.exit_code = 0
         self._first_blowup: dict[str, int] = {}
-        self._step: torch.Tensor | None = None  # this batch's step index, on the device
-        self._first_bad: torch.Tensor | None = None  # first step with a non-finite loss, or -1
+        self._losses: list[torch.Tensor] = []  # the losses of the steps since the last fold
+        self._loss_steps: list[int] = []  # their step indices
+        self._first_bad: torch.Tensor | None = None  # first step with a non-finite loss, or NONE_BAD
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._layers = weight_layers(pl_module.model)
@@ -60,17 +63,26 @@ class RunStatus(L.Callback):
         if self._due(trainer):
             self._record_blowups(trainer.global_step)
 
+    FOLD = 256  # at most this many losses kept between folds
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        bad = ~torch.isfinite(loss.detach())
-        if self._step is None:  # one transfer at the start; then device ops only
-            self._step = torch.tensor(trainer.global_step - 1, device=bad.device)
-            self._first_bad = torch.tensor(-1, device=bad.device)
-        else:
-            self._step += 1
-        self._first_bad = torch.where(bad & (self._first_bad < 0), self._step, self._first_bad)
+        self._losses.append(loss.detach())
+        self._loss_steps.append(trainer.global_step - 1)  # this batch's optimizer step
+        if len(self._losses) >= self.FOLD:
+            self._fold()
         if self._due(trainer):
             self._check(trainer)
+
+    def _fold(self) -> None:
+        """The kept losses into ``_first_bad``, on their device, without a host transfer."""
+        if not self._losses:
+            return
+        bad = ~torch.isfinite(torch.stack(self._losses))
+        steps = torch.tensor(self._loss_steps).to(bad.device, non_blocking=True)
+        first = torch.where(bad, steps, NONE_BAD).min()
+        self._first_bad = first if self._first_bad is None else torch.minimum(self._first_bad, first)
+        self._losses, self._loss_steps = [], []
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._check(trainer)
@@ -92,9 +104,11 @@ class RunStatus(L.Callback):
             self.best_val_acc = max(self.best_val_acc, float(acc))
 
     def _check(self, trainer) -> None:
+        self._fold()
         if self.status == "diverged" or self._first_bad is None:
             return
         first_bad = int(self._first_bad)
+        first_bad = -1 if first_bad == NONE_BAD else first_bad
         # every rank takes the same decision (a collective only on check steps)
         if not trainer.strategy.reduce_boolean_decision(first_bad >= 0, all=False):
             return
