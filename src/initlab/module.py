@@ -58,7 +58,7 @@ class Classifier(L.LightningModule):
         self.l1, self.l2, self.seed = l1, l2, seed
         # Conv/Linear weights, the same tensors every step: biases and norms are not penalised
         self._penalized = [m.weight for m in weight_layers(model).values()]
-        self._epoch_sums: torch.Tensor | None = None  # correct, loss x examples (float64)
+        self._epoch_sums: tuple[torch.Tensor, torch.Tensor] | None = None  # correct, loss x n
         self._epoch_examples = 0
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -80,14 +80,15 @@ class Classifier(L.LightningModule):
             step_metrics["train/l2"] = l2
             loss = loss + l2
         correct = logits.detach().argmax(1) == y
-        # Epoch sums accumulate on the device in one op a step (a torchmetrics update costs
-        # ~0.15 ms of Python, ~1% of a CPU step); step values reach Lightning only on its
-        # logging steps, since each self.log call costs more than a small model's step.
-        sums = torch.stack([correct.sum().float(), loss.detach().float() * len(y)])
+        # Epoch sums accumulate on the device, two in-place adds a step (a torchmetrics update
+        # costs ~0.15 ms of Python, ~1% of a CPU step); step values reach Lightning only on
+        # its logging steps, since each self.log call costs more than a small model's step.
         if self._epoch_sums is None:
-            self._epoch_sums = sums.double()
-        else:
-            self._epoch_sums.add_(sums)
+            self._epoch_sums = tuple(torch.zeros((), dtype=torch.float64, device=loss.device)
+                                     for _ in range(2))
+        correct_sum, loss_sum = self._epoch_sums
+        correct_sum.add_(correct.sum())
+        loss_sum.add_(loss.detach(), alpha=len(y))
         self._epoch_examples += len(y)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/ce", ce, prog_bar=True)
@@ -102,12 +103,12 @@ class Classifier(L.LightningModule):
         divided), over the batches this process trained (after a mid-epoch resume: since it)."""
         if self._epoch_sums is None:
             return
-        sums = torch.cat([self._epoch_sums,
-                          torch.tensor([self._epoch_examples], dtype=torch.float64,
-                                       device=self._epoch_sums.device)])
+        correct_sum, loss_sum = self._epoch_sums
+        sums = torch.stack([correct_sum, loss_sum, torch.full_like(loss_sum, self._epoch_examples)])
         correct, loss, examples = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
-        self.log("train/acc_epoch", correct / examples)
-        self.log("train/loss_epoch", loss / examples)
+        # already equal on every rank: sync_dist averages equal values (and tells Lightning so)
+        self.log("train/acc_epoch", correct / examples, sync_dist=True)
+        self.log("train/loss_epoch", loss / examples, sync_dist=True)
 
     def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy):
         x, y = batch
