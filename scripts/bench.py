@@ -206,11 +206,41 @@ class PairedRaw(L.Callback):
         self._close_segment(trainer, pl_module)
 
 
-def paired_fit(cfg, datamodule, raw: RawSteps, every: int) -> dict:
-    """One initlab fit interleaved with ``raw`` (see :class:`PairedRaw`): its segments, the
-    raw segments paired with them, and the seconds outside the segments."""
+class MinimalModule(L.LightningModule):
+    """The least a LightningModule does: forward, cross-entropy, the optimizer. Trained by
+    Lightning's loop like initlab's, it measures what Lightning itself adds to a raw loop."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: Callable):
+        super().__init__()
+        self.model, self.optimizer_factory = model, optimizer
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.model.parameters())
+
+
+def build_minimal(cfg, callbacks: list[L.Callback]) -> tuple[L.LightningModule, L.Trainer]:
+    """:class:`MinimalModule` with the model and optimizer of ``cfg``, on a Trainer of the same
+    trainer settings, without initlab's callbacks, logger or checkpoints."""
+    torch.manual_seed(cfg.seed)
+    module = MinimalModule(instantiate(cfg.model), instantiate(cfg.optim))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False,
+                          enable_checkpointing=False, default_root_dir=str(cfg.output_dir))
+    return module, trainer
+
+
+def paired_fit(cfg, datamodule, raw: RawSteps, every: int, minimal: bool = False) -> dict:
+    """One initlab fit (or, ``minimal``, a :class:`MinimalModule` fit) interleaved with ``raw``
+    (see :class:`PairedRaw`): its segments, the raw segments paired with them, and the
+    seconds outside the segments."""
     pairing = PairedRaw(raw, every)
-    _, module, trainer = build(cfg, datamodule=datamodule, extra_callbacks=[pairing])
+    if minimal:
+        module, trainer = build_minimal(cfg, [pairing])
+    else:
+        _, module, trainer = build(cfg, datamodule=datamodule, extra_callbacks=[pairing])
     sync(raw.images.device)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)  # ends by moving the model to the CPU: synced
@@ -243,12 +273,14 @@ def interval95(samples: np.ndarray) -> list[float]:
 
 
 def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
-    """initlab (monitors off / default / glorot) vs a hand-written loop of the same model,
-    batch size and optimizer, one epoch per fit: each fit is interleaved with the raw loop
-    every ``PAIR_EVERY`` steps (:class:`PairedRaw`), over ``rounds`` fits of each variant in
-    turn after a warm-up. ``framework`` is initlab without monitors over the raw loop; the
-    monitors' figures divide the monitored fits' ratios by it. Spread: the per-fit ratios'
-    max/min - 1; ``interval``: a 95% bootstrap interval of each pooled ratio."""
+    """initlab (monitors off / default / glorot) and a minimal LightningModule vs a
+    hand-written loop of the same model, batch size and optimizer, one epoch per fit: each fit
+    is interleaved with the raw loop every ``PAIR_EVERY`` steps (:class:`PairedRaw`), over
+    ``rounds`` fits of each variant in turn after a warm-up. ``framework`` is initlab without
+    monitors over the raw loop, ``lightning_alone`` the minimal module over it,
+    ``initlab_vs_lightning`` the first over the second (what initlab adds to Lightning); the
+    monitors' figures divide the monitored fits' ratios by initlab's. Spread: the
+    numerator's per-fit ratios' max/min - 1; ``interval``: a 95% bootstrap interval."""
     steps = 20 if args.quick else 430  # one epoch of 55k at batch 128
     every = 5 if args.quick else PAIR_EVERY
     base = training_overrides(data_dir, steps, out, args.quick, args.device)
@@ -263,15 +295,17 @@ def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
     model = instantiate(cfg.model).to(args.device)
     raw = RawSteps(model, instantiate(cfg.optim)(model.parameters()), images, labels,
                    cfg.data.batch_size, stream_seed(cfg.seed, DATA_ORDER, 0))
-    fits: dict[str, list[dict]] = {name: [] for name in cfgs}
+    variants = {**{name: (c, False) for name, c in cfgs.items()}, "lightning": (cfg, True)}
+    fits: dict[str, list[dict]] = {name: [] for name in variants}
     for r in range(args.rounds + 1):  # round 0: the warm-up, not counted
-        for name, variant_cfg in cfgs.items():
-            fit = paired_fit(variant_cfg, datamodule, raw, every)
+        for name, (variant_cfg, minimal) in variants.items():
+            fit = paired_fit(variant_cfg, datamodule, raw, every, minimal=minimal)
             if r > 0:
                 fits[name].append(fit)
     per_fit = {name: [paired_ratio([f]) for f in rows] for name, rows in fits.items()}
     pooled = {name: paired_ratio(rows) for name, rows in fits.items()}
-    resampled = {name: bootstrap_ratios(rows, seed=i) for i, (name, rows) in enumerate(fits.items())}
+    resampled = {name: bootstrap_ratios(rows, seed=i)
+                 for i, (name, rows) in enumerate(fits.items())}
     result = {"seconds": {}, "spread": {}, "ratios": {}, "interval": {}, "per_fit": per_fit,
               "steps": steps, "pair_every": every, "rounds": args.rounds}
     for name, rows in fits.items():
@@ -279,15 +313,18 @@ def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
             sum(f["fit_s"]) + f["outside_s"] for f in rows)
         result["seconds"][f"{name}_raw"] = statistics.median(sum(f["raw_s"]) for f in rows)
         result["seconds"][f"{name}_outside"] = statistics.median(f["outside_s"] for f in rows)
-    labels_ = {"initlab": "framework", "monitors_default": "monitors_default",
-               "monitors_glorot": "monitors_glorot"}
-    for name, label in labels_.items():
-        ratio, samples = pooled[name], resampled[name]
-        if name != "initlab":  # monitored fits against unmonitored ones, both per raw second
-            ratio, samples = ratio / pooled["initlab"], samples / resampled["initlab"]
+    # (label, numerator, denominator): each fit's ratio is to its own paired raw seconds
+    figures = [("framework", "initlab", None), ("lightning_alone", "lightning", None),
+               ("initlab_vs_lightning", "initlab", "lightning"),
+               ("monitors_default", "monitors_default", "initlab"),
+               ("monitors_glorot", "monitors_glorot", "initlab")]
+    for label, num, den in figures:
+        ratio, samples = pooled[num], resampled[num]
+        if den is not None:
+            ratio, samples = ratio / pooled[den], samples / resampled[den]
         result["ratios"][label] = ratio
         result["interval"][label] = interval95(samples)
-        result["spread"][label] = max(per_fit[name]) / min(per_fit[name]) - 1
+        result["spread"][label] = max(per_fit[num]) / min(per_fit[num]) - 1
     return result
 
 

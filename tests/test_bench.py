@@ -21,10 +21,13 @@ def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
     results = bench.main(["--quick", "--out", str(out), "--cases", *cases])
     saved = json.loads(out.read_text())
     assert set(saved) == set(cases) | {"machine"}
-    assert set(saved["framework"]["ratios"]) == {"framework", "monitors_default",
-                                                 "monitors_glorot"}
+    labels = {"framework", "lightning_alone", "initlab_vs_lightning", "monitors_default",
+              "monitors_glorot"}
+    assert set(saved["framework"]["ratios"]) == labels
     framework = saved["framework"]
-    for label in ("framework", "monitors_default", "monitors_glorot"):
+    assert framework["ratios"]["initlab_vs_lightning"] == pytest.approx(
+        framework["ratios"]["framework"] / framework["ratios"]["lightning_alone"])
+    for label in labels:
         low, high = framework["interval"][label]
         assert low <= high and framework["spread"][label] >= 0
     assert all(len(ratios) == 1 for ratios in framework["per_fit"].values())
@@ -96,8 +99,9 @@ def test_bench_on_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch, cap
     assert not (tmp_path / "bench.json").exists()
 
 
+@pytest.mark.parametrize("minimal", [False, True])
 @pytest.mark.parametrize("every", [5, 7, 25])
-def test_paired_fit_times_every_step_once(tmp_path, monkeypatch, every):
+def test_paired_fit_times_every_step_once(tmp_path, monkeypatch, every, minimal):
     """The framework case's interleaving: every training step of the fit falls in exactly one
     timed segment, and the raw loop trains as many steps as the fit did, segment by segment,
     whether or not the cadence divides the step count."""
@@ -114,7 +118,7 @@ def test_paired_fit_times_every_step_once(tmp_path, monkeypatch, every):
     model = instantiate(cfg.model)
     raw = bench.RawSteps(model, instantiate(cfg.optim)(model.parameters()), images, labels,
                          cfg.data.batch_size, seed=0)
-    fit = bench.paired_fit(cfg, datamodule, raw, every)
+    fit = bench.paired_fit(cfg, datamodule, raw, every, minimal=minimal)
     expected = [every] * (20 // every) + ([20 % every] if 20 % every else [])
     assert fit["steps"] == expected and raw.done == 20
     assert len(fit["fit_s"]) == len(fit["raw_s"]) == len(expected)
