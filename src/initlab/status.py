@@ -20,13 +20,13 @@ class RunStatus(L.Callback):
     its best validation accuracy stays below ``stall_accuracy``; ``interrupted`` on Ctrl-C or
     SIGTERM.
 
-    A step costs no device op: its loss tensor is kept; every ``FOLD`` steps the kept losses
-    fold, on the device, into the first step whose loss was not finite, and the host reads
-    that, and each layer's weight-gradient norm, every ``check_every_n_steps`` steps and at
-    the end. A diverged run records ``diverged_step`` (the
-    first step whose loss was not finite, exact at any cadence), ``diverged_layer`` (the
-    input-most layer whose weight-gradient norm was first seen non-finite or above 1e6) and
-    ``blowup_step`` (the step at which that was seen: checked steps, and the step it stopped).
+    A step costs no device op: its loss tensor is kept; at most every ``FOLD`` steps the kept
+    losses fold, on the device, into the first step whose loss was not finite, and the host
+    reads that, and each layer's weight-gradient norm, every ``check_every_n_steps`` steps and
+    at the end. A diverged run records ``diverged_step`` (the first step whose loss was not
+    finite, exact at any cadence), ``diverged_layer`` (the input-most layer whose
+    weight-gradient norm was first seen non-finite or above 1e6) and ``blowup_step`` (the step
+    at which that was seen: checked steps, and the step it stopped).
     """
 
     def __init__(self, check_every_n_steps: int = 50, stall_accuracy: float = 0.2):
