@@ -32,7 +32,7 @@ def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
         assert low <= high and framework["spread"][label] >= 0
     assert all(len(ratios) == 1 for ratios in framework["per_fit"].values())
     assert saved["data"]["ratios"]["augmented_vs_per_image"] > 0
-    assert saved["speedrun"]["runs"][0]["initlab_acc"] >= 0
+    assert [r["seed"] for r in saved["speedrun"]["runs"]] == [0, 1]
     assert saved["startup"]["seconds"]["startup"] > 0
     assert results["compile"]["ratios"]["compile"] > 0
     assert saved["speedrun"]["training_s"] > 0 and "mean_acc >= 0.99" in saved["speedrun"]["goals"]
@@ -125,3 +125,22 @@ def test_paired_fit_times_every_step_once(tmp_path, monkeypatch, every, minimal)
     assert all(t > 0 for t in fit["fit_s"] + fit["raw_s"]) and fit["outside_s"] > 0
     assert bench.paired_ratio([fit]) == pytest.approx(
         (sum(fit["fit_s"]) + fit["outside_s"]) / sum(fit["raw_s"]))
+
+
+def test_speedrun_case_trains_each_seed_with_its_own_data_order(tmp_path, monkeypatch):
+    """The in-process speedrun reads the data once but gives every seed a data module of its
+    own seed (the data order of seed 1 is seed 1's, as the raw loop it is compared with)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import bench
+
+    seen = []
+    fit = bench.initlab_fit
+
+    def recording_fit(cfg, datamodule):
+        seen.append((cfg.seed, datamodule.seed, id(datamodule.splits["train"][0])))
+        return fit(cfg, datamodule)
+
+    monkeypatch.setattr(bench, "initlab_fit", recording_fit)
+    bench.main(["--quick", "--cases", "speedrun", "--out", str(tmp_path / "bench.json")])
+    assert [(cfg_seed, data_seed) for cfg_seed, data_seed, _ in seen] == [(0, 0), (1, 1)]
+    assert seen[0][2] == seen[1][2]  # the same tensors: read once
