@@ -9,9 +9,9 @@
 Variants of a case are interleaved over several rounds after a warm-up; each figure is the
 median, and a spread (max/min - 1) over 10% is flagged. The framework case goes further: each
 fit is paired, every 20 steps, with as many raw-loop steps run right after (this machine's
-speed drifts too much between whole fits to read a 5% difference). Prints a table and writes bench.json
-(with the machine: torch, and on CUDA the card, driver and CUDA version). On CUDA every timing
-ends with a synchronize, and the speedrun warms the device up first.
+speed drifts too much between whole fits to read a 5% difference). Prints a table and writes
+bench.json (with the machine: torch, and on CUDA the card, driver and CUDA version). On CUDA
+every timing ends with a synchronize, and the speedrun warms the device up first.
 """
 
 from __future__ import annotations
@@ -104,25 +104,35 @@ def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[st
     return times
 
 
-def raw_loop(model: torch.nn.Module, optimizer, scheduler, images, labels, batch_size: int,
-             steps: int, seed: int) -> float:
-    """The hand-written baseline: slice, scale, forward, backward, step. Returns seconds."""
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    order = order.to(images.device)  # as the data module does, once per epoch
-    model.train()
-    sync(images.device)
-    start = time.perf_counter()
-    for i in range(steps):
-        idx = order[i * batch_size: (i + 1) * batch_size]
-        x = (images[idx].unsqueeze(1).float().div_(255) - MEAN) / STD
-        loss = F.cross_entropy(model(x), labels[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-    sync(images.device)
-    return time.perf_counter() - start
+class RawSteps:
+    """The hand-written baseline, resumable: slice, scale, forward, backward, step (and the LR
+    schedule's step, if given). Each call trains the next ``steps`` batches of a fixed
+    permutation of the examples (cycled) and returns the seconds it took."""
+
+    def __init__(self, model: torch.nn.Module, optimizer, images, labels, batch_size: int,
+                 seed: int, scheduler=None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.images, self.labels = images, labels
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+        self.batches = order.to(images.device).split(batch_size)  # as the data module's order
+        self.done = 0
+
+    def __call__(self, steps: int) -> float:
+        self.model.train()
+        sync(self.images.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            idx = self.batches[self.done % len(self.batches)]
+            self.done += 1
+            x = (self.images[idx].unsqueeze(1).float().div_(255) - MEAN) / STD
+            loss = F.cross_entropy(self.model(x), self.labels[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+        sync(self.images.device)
+        return time.perf_counter() - start
 
 
 def initlab_fit(cfg, datamodule) -> tuple[float, object]:
@@ -142,33 +152,6 @@ def training_overrides(data_dir: Path, steps: int, out: Path, quick: bool,
             f"trainer.accelerator={device}", "scheduler=none", "checkpoint=null",
             f"output_dir={out}", "test=false",
             *(["model.channels=[4,8]", "model.hidden=16"] if quick else [])]
-
-
-class RawSteps:
-    """The hand-written loop, resumable: each call trains its next ``steps`` batches (a fixed
-    permutation of the examples, cycled) and returns the seconds it took."""
-
-    def __init__(self, model: torch.nn.Module, optimizer, images, labels, batch_size: int,
-                 seed: int):
-        self.model, self.optimizer, self.images, self.labels = model, optimizer, images, labels
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-        self.batches = order.to(images.device).split(batch_size)
-        self.done = 0
-
-    def __call__(self, steps: int) -> float:
-        self.model.train()
-        sync(self.images.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            idx = self.batches[self.done % len(self.batches)]
-            self.done += 1
-            x = (self.images[idx].unsqueeze(1).float().div_(255) - MEAN) / STD
-            loss = F.cross_entropy(self.model(x), self.labels[idx])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        sync(self.images.device)
-        return time.perf_counter() - start
 
 
 class PairedRaw(L.Callback):
@@ -429,8 +412,9 @@ def case_speedrun(args, data_dir: Path, out: Path) -> dict:
                                pct_start=cfg.scheduler.pct_start,
                                cycle_momentum=cfg.scheduler.cycle_momentum)
         # the data module's order: a permutation from the (seed, epoch) stream
-        raw_seconds = sum(raw_loop(model, optimizer, scheduler, images, labels, bs, per_epoch,
-                                   stream_seed(seed, DATA_ORDER, epoch)) for epoch in range(epochs))
+        raw_seconds = sum(RawSteps(model, optimizer, images, labels, bs,
+                                   stream_seed(seed, DATA_ORDER, epoch), scheduler)(per_epoch)
+                          for epoch in range(epochs))
         model.eval()
         test_x, test_y = (t.to(device) for t in datamodule.splits["test"])
         with torch.no_grad():
@@ -669,8 +653,8 @@ def case_jacobian(args, data_dir: Path, out: Path) -> dict:
         return run
 
     times = interleave({
-        "train_step": lambda: raw_loop(trained, optimizer, None, images, labels,
-                                       cfg.data.batch_size, steps, cfg.seed) / steps,
+        "train_step": lambda: RawSteps(trained, optimizer, images, labels,
+                                       cfg.data.batch_size, cfg.seed)(steps) / steps,
         "probe": timed(lambda: probe(model, x, y, model.activation)),
         "probe_jacobian": timed(lambda: probe(model, x, y, model.activation,
                                               jacobian=monitor.jacobian)),

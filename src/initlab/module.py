@@ -83,7 +83,7 @@ class Classifier(L.LightningModule):
         # Epoch sums accumulate on the device, two in-place adds a step (a torchmetrics update
         # costs ~0.15 ms of Python, ~1% of a CPU step); step values reach Lightning only on
         # its logging steps, since each self.log call costs more than a small model's step.
-        if self._epoch_sums is None:
+        if self._epoch_sums is None:  # here, not at epoch start: a mid-epoch resume skips it
             self._epoch_sums = tuple(torch.zeros((), dtype=torch.float64, device=loss.device)
                                      for _ in range(2))
         correct_sum, loss_sum = self._epoch_sums

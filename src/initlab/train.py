@@ -160,19 +160,14 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None,
 
 class RunClock(L.Callback):
     """Marks, on a :class:`Timings`, the start of the first training batch this process runs
-    (the batch already fetched, the forward not yet run), and adds up, in its ``timings_s``,
-    the validation passes (inside ``fit``) and the corrupted test sets (the test loaders after
-    the clean one, inside ``test``). Host clock: on CUDA a phase ends when its last result is
-    read back."""
+    (the batch already fetched, the forward not yet run), and adds to it the validation passes
+    (inside ``fit``) and the corrupted test sets (the test loaders after the clean one, inside
+    ``test``). Host clock: on CUDA a phase ends when its last result is read back."""
 
     def __init__(self, clock: Timings):
         self.clock = clock
-        self.timings_s: dict[str, float] = {}
         self._validation_start: float | None = None
         self._robustness_start: float | None = None
-
-    def _add(self, key: str, since: float) -> None:
-        self.timings_s[key] = self.timings_s.get(key, 0.0) + time.perf_counter() - since
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.clock.first_step is None:
@@ -183,7 +178,7 @@ class RunClock(L.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._validation_start is not None:
-            self._add("validation", self._validation_start)
+            self.clock.add("validation", time.perf_counter() - self._validation_start)
             self._validation_start = None
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
@@ -192,7 +187,7 @@ class RunClock(L.Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         if self._robustness_start is not None:
-            self._add("robustness", self._robustness_start)
+            self.clock.add("robustness", time.perf_counter() - self._robustness_start)
             self._robustness_start = None
 
 
@@ -222,13 +217,16 @@ class Timings:
         """Seconds since process start, on the same clock as ``total``."""
         return self.elapsed() + (self.startup or 0.0)
 
+    def add(self, name: str, seconds: float) -> None:
+        self.phases[name] = self.phases.get(name, 0.0) + seconds
+
     @contextlib.contextmanager
     def phase(self, name: str):
         begin = time.perf_counter()
         try:
             yield
         finally:
-            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - begin
+            self.add(name, time.perf_counter() - begin)
 
     def watch(self, trainer, datamodule) -> None:
         self._datamodule, self._checkpoint_io = datamodule, trainer.strategy.checkpoint_io
