@@ -11,7 +11,9 @@ with numpy; initlab's 55k/5k split (fixed split seed) and data order (a permutat
 from the run seed's stream); pixels scaled to [0, 1] and standardised per batch; the default CNN
 (24/32 channels, 5x5/3x3 kernels, 256 hidden, ReLU) with PyTorch's default init, reset once more
 as ``init=default`` does, so one seed gives initlab's initial weights; Adam, one-cycle on the LR
-only (per step); the validation split evaluated after every epoch and the test set at the end.
+only (per step); the validation split evaluated after every epoch and the test set at the end;
+glibc's malloc told to keep freed memory, as an initlab run does (``--no-retain-freed-memory``
+leaves glibc's defaults).
 What it leaves out is what the framework adds: checkpoints, TensorBoard, monitors, corrupted
 test sets, progress lines, config composition.
 
@@ -24,6 +26,7 @@ total}}``, all seconds (``validation`` inside ``fit``), ``startup``, ``first_ste
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -54,6 +57,16 @@ def stream_seed(seed: int, purpose: int, *keys: int) -> int:
     """initlab.utils.stream_seed: the seed of one random stream of the run ``seed``."""
     words = np.random.SeedSequence([seed, purpose, *keys]).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
+
+
+def retain_freed_memory() -> bool:
+    """initlab.utils.retain_freed_memory: glibc's malloc keeps blocks under 32 MiB and up to
+    1 GiB at the heap's top, so steps reuse freed memory instead of page-faulting it back."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(-3, 32 << 20) == 1 and mallopt(-1, 1 << 30) == 1  # M_MMAP_/M_TRIM_THRESHOLD
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -109,8 +122,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--channels", type=int, nargs=2, default=(24, 32))
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--retain-freed-memory", action=argparse.BooleanOptionalAction,
+                        default=True, help="glibc malloc keeps freed memory, as an initlab run "
+                        "does (initlab.utils.retain_freed_memory); --no-... leaves glibc's defaults")
     args = parser.parse_args(argv)
     phases = {"startup": startup}
+    if args.retain_freed_memory:
+        retain_freed_memory()
 
     start = time.perf_counter()
     raw = args.data_dir / "MNIST" / "raw"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -115,16 +116,59 @@ def test_paired_fit_times_every_step_once(tmp_path, monkeypatch, every, minimal)
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     images, labels = datamodule.splits["train"]
-    model = instantiate(cfg.model)
-    raw = bench.RawSteps(model, instantiate(cfg.optim)(model.parameters()), images, labels,
-                         cfg.data.batch_size, seed=0)
-    fit = bench.paired_fit(cfg, datamodule, raw, every, minimal=minimal)
+    raw_loops = []
+    monkeypatch.setattr(bench, "RawSteps", _recording(bench.RawSteps, raw_loops))
+    fit = bench.paired_fit(cfg, datamodule, images, labels, every, minimal=minimal)
     expected = [every] * (20 // every) + ([20 % every] if 20 % every else [])
-    assert fit["steps"] == expected and raw.done == 20
+    assert fit["steps"] == expected and [r.done for r in raw_loops] == [20]
     assert len(fit["fit_s"]) == len(fit["raw_s"]) == len(expected)
     assert all(t > 0 for t in fit["fit_s"] + fit["raw_s"]) and fit["outside_s"] > 0
     assert bench.paired_ratio([fit]) == pytest.approx(
         (sum(fit["fit_s"]) + fit["outside_s"]) / sum(fit["raw_s"]))
+
+
+def _recording(raw_steps, instances: list):
+    """``bench.RawSteps``, with every raw loop it makes appended to ``instances``, holding a
+    copy of its model's weights as it got them (``initial_weights``)."""
+    def make(*args, **kwargs):
+        instances.append(raw_steps(*args, **kwargs))
+        instances[-1].initial_weights = copy.deepcopy(instances[-1].model.state_dict())
+        return instances[-1]
+    return make
+
+
+@pytest.mark.parametrize(("callbacks", "minimal"),
+                         [("none", False), ("default", False), ("none", True)])
+def test_paired_raw_loop_trains_exactly_what_the_fit_trains(tmp_path, monkeypatch, callbacks,
+                                                            minimal):
+    """The framework case compares like with like: each fit's raw loop starts from the fit's
+    initial weights and takes the same batches in the same order, so after 20 steps (not a
+    multiple of the 7-step pairing) both models hold the same weights, moved from where they
+    started; a raw loop given another data order ends elsewhere (the check can fail)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import bench
+    from hydra.utils import instantiate
+
+    data_dir = bench.synthetic_mnist(tmp_path / "data", 3000, 100)
+    cfg = bench.compose_cfg(*bench.training_overrides(data_dir, 20, tmp_path / "out", quick=True),
+                            f"callbacks={callbacks}")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    images, labels = datamodule.splits["train"]
+    raw_steps, raw_loops = bench.RawSteps, []
+    monkeypatch.setattr(bench, "RawSteps", _recording(raw_steps, raw_loops))
+    fit = bench.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal)
+    assert fit["max_weight_diff"] < 1e-6
+    trained = raw_loops[0].model.state_dict()
+    assert max(float((initial - trained[name]).abs().max())
+               for name, initial in raw_loops[0].initial_weights.items()) > 1e-3  # it trained
+
+    def shuffled_raw_steps(model, optimizer, images, labels, batch_size, seed, scheduler=None):
+        return raw_steps(model, optimizer, images, labels, batch_size, seed + 1, scheduler)
+
+    monkeypatch.setattr(bench, "RawSteps", shuffled_raw_steps)
+    other = bench.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal)
+    assert other["max_weight_diff"] > 1e-4
 
 
 def test_speedrun_case_trains_each_seed_with_its_own_data_order(tmp_path, monkeypatch):

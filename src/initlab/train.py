@@ -28,7 +28,7 @@ from initlab.data.robustness import check_corruptions
 from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
 from initlab.status import RunStatus
-from initlab.utils import atomic_write, process_age_s
+from initlab.utils import atomic_write, process_age_s, retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,7 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
     multirun: the other jobs go on).
     """
     clock = Timings()
+    retain_freed_memory()  # each step reuses the memory the last one freed: no page faults
     trainer = status = None
     metrics: dict[str, float] = {}
     try:
