@@ -549,16 +549,21 @@ def case_whole(args, data_dir: Path, out: Path) -> dict:
     parts: dict[str, dict[str, list[dict]]] = {n: {"initlab": [], "plain": []}
                                                for n in WHOLE_COMMANDS}
     acc: dict[str, dict[str, list]] = {n: {"initlab": [], "plain": []} for n in WHOLE_COMMANDS}
+    faults: dict[str, list[int]] = {"retained": [], "glibc_defaults": []}  # plain speedrun's fit
     for r in range(args.rounds):
         commands, plains = commands_for(r)
         for name in commands:
             rounds_commands[name].append(" ".join(commands[name][1:]))
             rounds_plain[name].append(" ".join(plains[name][1:]))
             run_dir, plain_json = work / f"{name}-{r}", work / f"{name}-{r}-plain.json"
+            glibc_json = work / f"{name}-{r}-plain-glibc-defaults.json"
             variants = [("initlab", commands[name] + [f"hydra.run.dir={run_dir}"]),
                         ("plain", plains[name] + ["--json", str(plain_json)])]
+            if name == "speedrun":  # what retain_freed_memory gains a plain script
+                variants.append(("plain_glibc_defaults", plains[name] + [
+                    "--no-retain-freed-memory", "--json", str(glibc_json)]))
             seconds = {}
-            for variant, cmd in (variants if r % 2 == 0 else variants[::-1]):
+            for variant, cmd in variants[r % len(variants):] + variants[:r % len(variants)]:
                 plain_json.parent.mkdir(parents=True, exist_ok=True)
                 seconds[variant] = timed_process(cmd)
             times.setdefault(name, []).append(seconds["initlab"])
@@ -566,6 +571,14 @@ def case_whole(args, data_dir: Path, out: Path) -> dict:
             ratios.setdefault(f"whole_{name}", []).append(seconds["initlab"] / seconds["plain"])
             result = json.loads((run_dir / "result.json").read_text())
             plain = json.loads(plain_json.read_text())
+            if "plain_glibc_defaults" in seconds:
+                glibc = json.loads(glibc_json.read_text())
+                times.setdefault(f"{name}_plain_glibc_defaults", []).append(
+                    seconds["plain_glibc_defaults"])
+                ratios.setdefault("plain_glibc_defaults_vs_retained", []).append(
+                    seconds["plain_glibc_defaults"] / seconds["plain"])
+                faults["glibc_defaults"].append(glibc["fit_page_faults"])
+                faults["retained"].append(plain["fit_page_faults"])
             parts[name]["initlab"].append(result["timings_s"])
             parts[name]["plain"].append(plain["phases_s"])
             acc[name]["initlab"].append(result["metrics"].get("test/acc"))
@@ -581,6 +594,7 @@ def case_whole(args, data_dir: Path, out: Path) -> dict:
               "breakdown": {n: {v: medians(rows) for v, rows in p.items()}
                             for n, p in parts.items()},
               "test_acc": acc, "rounds": args.rounds,
+              "plain_fit_page_faults": {k: statistics.median(v) for k, v in faults.items() if v},
               "test_acc_mean": {n: {v: statistics.mean(a) for v, a in by.items()}
                                 for n, by in acc.items()}}
     result["goals"] = {f"speedrun mean test accuracy >= {SPEEDRUN_ACCURACY:g} over seeds "
@@ -621,6 +635,10 @@ def print_whole(result: dict) -> None:
               f"spread {result['ratio_spread'][f'whole_{n}']:.0%}); test accuracy per seed "
               f"initlab {result['test_acc'][n]['initlab']} (mean {mean['initlab']:.4f}), plain "
               f"{result['test_acc'][n]['plain']} (mean {mean['plain']:.4f})")
+    faults = result.get("plain_fit_page_faults", {})
+    if faults:
+        print(f"  plain speedrun, minor page faults in fit (medians): glibc's malloc defaults "
+              f"{faults['glibc_defaults']:.0f}, retain_freed_memory {faults['retained']:.0f}")
     for goal, met in result["goals"].items():
         print(f"  goal {goal}: {'ok' if met else 'MISSED'}")
     s = result["startup"]

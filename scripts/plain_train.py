@@ -18,9 +18,9 @@ What it leaves out is what the framework adds: checkpoints, TensorBoard, monitor
 test sets, progress lines, config composition.
 
 Prints the test accuracy and where the time went; ``--json PATH`` writes the same as
-``{"test_acc", "phases_s": {startup, data_load, build, first_step, fit, validation, test,
-total}}``, all seconds (``validation`` inside ``fit``), ``startup``, ``first_step`` and
-``total`` counted from process start.
+``{"test_acc", "fit_page_faults", "phases_s": {startup, data_load, build, first_step, fit,
+validation, test, total}}``: the minor page faults during fit, and seconds (``validation``
+inside ``fit``; ``startup``, ``first_step`` and ``total`` counted from process start).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import ctypes
 import json
 import math
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return mallopt(-3, 32 << 20) == 1 and mallopt(-1, 1 << 30) == 1  # M_MMAP_/M_TRIM_THRESHOLD
+
+
+def minor_page_faults() -> int:
+    """This process's minor page faults so far (pages the OS had to hand back to it)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         cycle_momentum=False)
     phases["build"] = time.perf_counter() - start
 
-    start = time.perf_counter()
+    start, faults_before = time.perf_counter(), minor_page_faults()
     step, val_acc, validation = 0, math.nan, 0.0
     for epoch in range(args.epochs):
         gen = torch.Generator().manual_seed(stream_seed(args.seed, DATA_ORDER, epoch))
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         break
     phases["fit"] = time.perf_counter() - start
+    fit_page_faults = minor_page_faults() - faults_before
     phases["validation"] = validation  # inside fit
 
     start = time.perf_counter()
@@ -192,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"total {phases['total']:.1f} s")
     print("  " + "  ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
     result = {"test_acc": test_acc, "val_acc": val_acc, "steps": step,
+              "fit_page_faults": fit_page_faults,
               "phases_s": {k: round(v, 3) for k, v in phases.items()}}
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

@@ -50,9 +50,13 @@ def test_bench_quick_whole_processes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--out", str(out), "--cases", "whole"])
     whole = json.loads(out.read_text())["whole"]
-    assert set(whole["ratios"]) == {"whole_speedrun", "whole_default", "first_step_vs_floor"}
+    assert set(whole["ratios"]) == {"whole_speedrun", "whole_default", "first_step_vs_floor",
+                                    "plain_glibc_defaults_vs_retained"}
     assert all(r > 0 for r in whole["ratios"].values())
-    assert set(whole["ratio_spread"]) == {"whole_speedrun", "whole_default"}
+    assert set(whole["ratio_spread"]) == {"whole_speedrun", "whole_default",
+                                          "plain_glibc_defaults_vs_retained"}
+    assert set(whole["plain_fit_page_faults"]) == {"retained", "glibc_defaults"}
+    assert all(n >= 0 for n in whole["plain_fit_page_faults"].values())
     assert "experiment=speedrun seed=0" in whole["commands"]["speedrun"][0]
     assert "--betas 0.7 0.9 --pct-start 0.1 --seed 0" in whole["plain_commands"]["speedrun"][0]
     # the speedrun has no monitors or corrupted test sets, the default command both; 6 steps
