@@ -7,9 +7,10 @@
     python scripts/bench.py --cases whole   # whole train.py processes vs plain_train.py
 
 Variants of a case are interleaved over several rounds after a warm-up; each figure is the
-median, and a spread (max/min - 1) over 10% is flagged. The framework case goes further: each
-fit is paired, every 20 steps, with as many raw-loop steps run right after (this machine's
-speed drifts too much between whole fits to read a 5% difference). Prints a table and writes
+median, and a spread (max/min - 1) over 10% is flagged. The framework and speedrun cases go
+further: each fit is paired, every 20 steps, with as many steps of a raw loop that trains a copy
+of the fit's model on the same batches (this machine's speed drifts too much between whole fits
+to read a 5% difference), and the two models' weights are compared after. Prints a table and writes
 bench.json (with the machine: torch, and on CUDA the card, driver and CUDA version). On CUDA
 every timing ends with a synchronize, and the speedrun warms the device up first.
 """
@@ -39,6 +40,7 @@ from initlab import project_root
 from initlab.data.mnist import MEAN, STD, to_unit
 from initlab.data.sources import idx_bytes
 from initlab.init import apply_init
+from initlab.module import build_scheduler
 from initlab.train import build
 from initlab.utils import DATA_ORDER, atomic_write, retain_freed_memory, stream_seed
 
@@ -107,23 +109,33 @@ def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[st
 
 class RawSteps:
     """The hand-written baseline, resumable: slice, scale, forward, backward, step (and the LR
-    schedule's step, if given). Each call trains the next ``steps`` batches of a fixed
-    permutation of the examples (cycled) and returns the seconds it took."""
+    schedule's step, if given). Each call trains the next ``steps`` batches, in the data
+    module's order for the run ``seed``: epoch e is a permutation drawn from the (seed, epoch)
+    stream. Returns the seconds it took."""
 
     def __init__(self, model: torch.nn.Module, optimizer, images, labels, batch_size: int,
                  seed: int, scheduler=None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.images, self.labels = images, labels
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-        self.batches = order.to(images.device).split(batch_size)  # as the data module's order
+        self.batch_size, self.seed = batch_size, seed
+        self.per_epoch = -(-len(labels) // batch_size)
         self.done = 0
+        self._epoch, self._batches = -1, []
+
+    def _batch(self, step: int) -> torch.Tensor:
+        epoch = step // self.per_epoch
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(stream_seed(self.seed, DATA_ORDER, epoch))
+            order = torch.randperm(len(self.labels), generator=gen)
+            self._epoch, self._batches = epoch, order.to(self.images.device).split(self.batch_size)
+        return self._batches[step % self.per_epoch]
 
     def __call__(self, steps: int) -> float:
         self.model.train()
         sync(self.images.device)
         start = time.perf_counter()
         for _ in range(steps):
-            idx = self.batches[self.done % len(self.batches)]
+            idx = self._batch(self.done)
             self.done += 1
             x = (self.images[idx].unsqueeze(1).float().div_(255) - MEAN) / STD
             loss = F.cross_entropy(self.model(x), self.labels[idx])
@@ -219,13 +231,13 @@ def build_minimal(cfg, callbacks: list[L.Callback]) -> tuple[L.LightningModule, 
 
 
 def paired_fit(cfg, datamodule, images, labels, every: int, minimal: bool = False) -> dict:
-    """One initlab fit (or, ``minimal``, a :class:`MinimalModule` fit) interleaved with a raw
-    loop (see :class:`PairedRaw`) that trains a copy of the fit's model, from the same initial
-    weights, on the same batches in the same order (``images``, ``labels``: the training split
-    on the device), with an optimizer of the same config: both do the same work from the same
-    state (a model in its first epoch trains ~2% slower a step here than one trained for a few
-    epochs, so a raw loop that kept training across fits was not a fair baseline). Returns the
-    fit's segments, the raw segments paired with them, the seconds outside the segments and
+    """One initlab fit (or, ``minimal``, a :class:`MinimalModule` fit) interleaved with a raw loop (see :class:`PairedRaw`) that trains a copy of the
+    fit's model, from the same initial weights, on the same batches in the same order
+    (``images``, ``labels``: the training split on the device), with an optimizer and LR
+    schedule of the same config: both do the same work from the same state (a model in its
+    first epoch trains ~2% slower a step here than one trained for a few epochs, so a raw loop
+    that kept training across fits was not a fair baseline). Returns the fit's segments, the
+    raw segments paired with them, the seconds outside the segments, the raw loop and
     ``max_weight_diff``, the largest difference between the two models' weights after the
     fit: ~0 when the fit trained exactly what the raw loop did."""
     pairing = PairedRaw(every)
@@ -234,20 +246,26 @@ def paired_fit(cfg, datamodule, images, labels, every: int, minimal: bool = Fals
     else:
         _, module, trainer = build(cfg, datamodule=datamodule, extra_callbacks=[pairing])
     model = copy.deepcopy(module.model).to(images.device)
-    pairing.raw = RawSteps(model, instantiate(cfg.optim)(model.parameters()), images, labels,
-                           cfg.data.batch_size, stream_seed(cfg.seed, DATA_ORDER, 0))
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    scheduler = None
+    if getattr(module, "scheduler_factory", None) is not None:  # as configure_optimizers does
+        batches = -(-len(labels) // cfg.data.batch_size) * cfg.trainer.max_epochs
+        total = min(batches, cfg.trainer.max_steps) if cfg.trainer.max_steps > 0 else batches
+        scheduler = build_scheduler(module.scheduler_factory, optimizer, total)
+    pairing.raw = RawSteps(model, optimizer, images, labels, cfg.data.batch_size, cfg.seed,
+                           scheduler)
     sync(images.device)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)  # ends by moving the model to the CPU: synced
-    total = time.perf_counter() - start
+    total_s = time.perf_counter() - start
     if sum(pairing.steps) != trainer.global_step:
         raise RuntimeError(f"paired {sum(pairing.steps)} of the fit's {trainer.global_step} steps")
     fitted = dict(module.model.named_parameters())
     diff = max(float((p.detach().cpu() - fitted[name].detach()).abs().max())
                for name, p in model.named_parameters())
     return {"fit_s": pairing.fit_s, "raw_s": pairing.raw_s, "steps": pairing.steps,
-            "outside_s": total - sum(pairing.fit_s) - sum(pairing.raw_s),
-            "max_weight_diff": diff}
+            "outside_s": total_s - sum(pairing.fit_s) - sum(pairing.raw_s),
+            "max_weight_diff": diff, "raw": pairing.raw, "module": module, "trainer": trainer}
 
 
 def paired_ratio(fits: list[dict]) -> float:
@@ -384,16 +402,18 @@ def case_data(args, data_dir: Path, out: Path) -> dict:
 
 
 def case_speedrun(args, data_dir: Path, out: Path) -> dict:
-    """experiment=speedrun on real MNIST: training wall time and test accuracy per seed, against
-    a raw loop of the same recipe (model, init, Adam, one-cycle, batch 256, same epochs and
-    data order). On CUDA this is the GPU speedrun: a warm-up run first (CUDA context, cuDNN and
-    kernel loading happen once per process), and a goal on the training time itself."""
-    from torch.optim.lr_scheduler import OneCycleLR
-
+    """experiment=speedrun on real MNIST: training time and test accuracy per seed, against a
+    raw loop of the same recipe (the fit's initial weights, Adam, one-cycle, batch 256, same
+    epochs and data order), paired with the fit every ``PAIR_EVERY`` steps like the framework
+    case (:func:`paired_fit`); ``max_weight_diff``: the largest weight difference between the
+    two after training, over the seeds. On CUDA this is the GPU speedrun: a warm-up run first
+    (CUDA context, cuDNN and kernel loading happen once per process), and a goal on the
+    training time itself."""
     seeds = list(range(min(args.seeds, 2) if args.quick else args.seeds))
     extra = ["trainer.max_steps=40", "model.channels=[4,8]", "model.hidden=16",
              "data.verify=false", "data.sources=[local]"] if args.quick else []
     device = torch.device(args.device)
+    every = 5 if args.quick else PAIR_EVERY
     rows = []
     datamodule = None
     for seed in ([-1] if device.type == "cuda" else []) + seeds:  # -1: the warm-up
@@ -408,43 +428,29 @@ def case_speedrun(args, data_dir: Path, out: Path) -> dict:
         if loaded is not None:
             datamodule.splits = loaded.splits
         datamodule.setup()
-        seconds, (module, trainer) = initlab_fit(cfg, datamodule)
-        acc = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
-
-        torch.manual_seed(cfg.seed)
-        model = instantiate(cfg.model)
-        apply_init(model, **cfg.init, activation=cfg.model.activation)
-        model = model.to(device)
-        optimizer = instantiate(cfg.optim)(model.parameters())
-        images, labels = (t.to(device) for t in datamodule.splits["train"])
-        bs = cfg.data.batch_size
-        per_epoch = len(labels) // bs + (len(labels) % bs > 0)
-        epochs = cfg.trainer.max_epochs
-        if cfg.trainer.max_steps > 0:
-            per_epoch, epochs = min(per_epoch, cfg.trainer.max_steps), 1
-        scheduler = OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=per_epoch * epochs,
-                               pct_start=cfg.scheduler.pct_start,
-                               cycle_momentum=cfg.scheduler.cycle_momentum)
-        # the data module's order: a permutation from the (seed, epoch) stream
-        raw_seconds = sum(RawSteps(model, optimizer, images, labels, bs,
-                                   stream_seed(seed, DATA_ORDER, epoch), scheduler)(per_epoch)
-                          for epoch in range(epochs))
-        model.eval()
+        images, labels = (t.clone().to(device) for t in datamodule.splits["train"])
+        fit = paired_fit(cfg, datamodule, images, labels, every)
+        acc = fit["trainer"].test(fit["module"], datamodule=datamodule,
+                                  verbose=False)[0]["test/acc"]
+        model = fit["raw"].model.eval()
         test_x, test_y = (t.to(device) for t in datamodule.splits["test"])
         with torch.no_grad():
             raw_acc = float((model(datamodule.standardize(to_unit(test_x)))
                              .argmax(1) == test_y).float().mean())
         if seed >= 0:
-            rows.append({"seed": seed, "initlab_s": seconds, "initlab_acc": acc,
-                         "raw_s": raw_seconds, "raw_acc": raw_acc})
+            rows.append({"seed": seed, "initlab_s": sum(fit["fit_s"]) + fit["outside_s"],
+                         "initlab_acc": acc, "raw_s": sum(fit["raw_s"]), "raw_acc": raw_acc,
+                         "ratio": paired_ratio([fit]),
+                         "max_weight_diff": fit["max_weight_diff"]})
     training_s = statistics.median(r["initlab_s"] for r in rows)
     result = {
         "runs": rows,
         "mean_acc": statistics.mean(r["initlab_acc"] for r in rows),
         "raw_mean_acc": statistics.mean(r["raw_acc"] for r in rows),
         "training_s": training_s,
-        "ratios": {"speedrun_time": training_s
-                   / statistics.median(r["raw_s"] for r in rows)},
+        "ratios": {"speedrun_time": sum(r["initlab_s"] for r in rows)
+                   / sum(r["raw_s"] for r in rows)},
+        "max_weight_diff": {"speedrun": max(r["max_weight_diff"] for r in rows)},
     }
     result["goals"] = {f"mean_acc >= {SPEEDRUN_ACCURACY:g}": result["mean_acc"] >= SPEEDRUN_ACCURACY}
     if device.type == "cuda":
@@ -742,7 +748,8 @@ def print_table(results: dict) -> None:
                 print(f"  goal {goal}: {'ok' if met else 'MISSED'}")
             for r in result["runs"]:
                 print(f"    seed {r['seed']}: initlab {r['initlab_s']:.2f} s {r['initlab_acc']:.4f}"
-                      f" | raw {r['raw_s']:.2f} s {r['raw_acc']:.4f}")
+                      f" | raw {r['raw_s']:.2f} s {r['raw_acc']:.4f} | paired ratio "
+                      f"{r['ratio']:.3f}")
         if "breakdown" in result:
             print_whole(result)
 
