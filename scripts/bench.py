@@ -10,8 +10,8 @@ Variants of a case are interleaved over several rounds after a warm-up; each fig
 median, and a spread (max/min - 1) over 10% is flagged. The framework and speedrun cases go
 further: each fit is paired, every 20 steps, with as many steps of a raw loop that trains a copy
 of the fit's model on the same batches (this machine's speed drifts too much between whole fits
-to read a 5% difference), and the two models' weights are compared after. Prints a table and writes
-bench.json (with the machine: torch, and on CUDA the card, driver and CUDA version). On CUDA
+to read a 5% difference), and the two models' weights are compared after. Prints a table and
+writes bench.json (with the machine: torch, and on CUDA the card, driver and CUDA version). On CUDA
 every timing ends with a synchronize, and the speedrun warms the device up first.
 """
 
@@ -231,15 +231,16 @@ def build_minimal(cfg, callbacks: list[L.Callback]) -> tuple[L.LightningModule, 
 
 
 def paired_fit(cfg, datamodule, images, labels, every: int, minimal: bool = False) -> dict:
-    """One initlab fit (or, ``minimal``, a :class:`MinimalModule` fit) interleaved with a raw loop (see :class:`PairedRaw`) that trains a copy of the
-    fit's model, from the same initial weights, on the same batches in the same order
-    (``images``, ``labels``: the training split on the device), with an optimizer and LR
-    schedule of the same config: both do the same work from the same state (a model in its
-    first epoch trains ~2% slower a step here than one trained for a few epochs, so a raw loop
-    that kept training across fits was not a fair baseline). Returns the fit's segments, the
-    raw segments paired with them, the seconds outside the segments, the raw loop and
-    ``max_weight_diff``, the largest difference between the two models' weights after the
-    fit: ~0 when the fit trained exactly what the raw loop did."""
+    """One initlab fit (or, ``minimal``, a :class:`MinimalModule` fit) interleaved with a raw
+    loop (see :class:`PairedRaw`) that trains a copy of the fit's model, from the same initial
+    weights, on the same batches in the same order (``images``, ``labels``: the training split
+    on the device), with an optimizer and LR schedule of the same config: both do the same work
+    from the same state (a model in its first epoch trains ~2% slower a step here than one
+    trained for a few epochs, so a raw loop that kept training across fits was not a fair
+    baseline). Returns the fit's segments, the raw segments paired with them, the seconds
+    outside the segments, ``max_weight_diff`` (the largest difference between the two models'
+    weights after the fit: 0 when the fit trained exactly what the raw loop did), and the
+    ``raw`` loop, ``module`` and ``trainer``."""
     pairing = PairedRaw(every)
     if minimal:
         module, trainer = build_minimal(cfg, [pairing])
@@ -295,11 +296,11 @@ def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
     is interleaved every ``PAIR_EVERY`` steps with a raw loop that trains a copy of its model on
     the same batches (:func:`paired_fit`), over ``rounds`` fits of each variant in turn after a
     warm-up; ``max_weight_diff``: per variant, the largest weight difference between fit and
-    raw loop after an epoch. ``framework`` is initlab without
-    monitors over the raw loop, ``lightning_alone`` the minimal module over it,
-    ``initlab_vs_lightning`` the first over the second (what initlab adds to Lightning); the
-    monitors' figures divide the monitored fits' ratios by initlab's. Spread: the
-    numerator's per-fit ratios' max/min - 1; ``interval``: a 95% bootstrap interval."""
+    raw loop after an epoch. ``framework`` is initlab without monitors over the raw loop,
+    ``lightning_alone`` the minimal module over it, ``initlab_vs_lightning`` the first over the
+    second (what initlab adds to Lightning); the monitors' figures divide the monitored fits'
+    ratios by initlab's. Spread: the numerator's per-fit ratios' max/min - 1; ``interval``: a
+    95% bootstrap interval."""
     steps = 20 if args.quick else 430  # one epoch of 55k at batch 128
     every = 5 if args.quick else PAIR_EVERY
     base = training_overrides(data_dir, steps, out, args.quick, args.device)
@@ -315,6 +316,8 @@ def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
     for r in range(args.rounds + 1):  # round 0: the warm-up, not counted
         for name, (variant_cfg, minimal) in variants.items():
             fit = paired_fit(variant_cfg, datamodule, images, labels, every, minimal=minimal)
+            for done_with in ("raw", "module", "trainer"):  # only the figures are kept
+                del fit[done_with]
             if r > 0:
                 fits[name].append(fit)
     per_fit = {name: [paired_ratio([f]) for f in rows] for name, rows in fits.items()}
