@@ -220,18 +220,25 @@ class MinimalModule(L.LightningModule):
         return self.optimizer_factory(self.model.parameters())
 
 
-def build_minimal(cfg, callbacks: list[L.Callback]) -> tuple[L.LightningModule, L.Trainer]:
+def build_minimal(cfg, callbacks: list[L.Callback],
+                  barebones: bool = False) -> tuple[L.LightningModule, L.Trainer]:
     """:class:`MinimalModule` with the model and optimizer of ``cfg``, on a Trainer of the same
-    trainer settings, without initlab's callbacks, logger or checkpoints."""
+    trainer settings, without initlab's callbacks, logger or checkpoints; ``barebones``: in
+    Lightning's barebones mode (no logging machinery, progress bar, model summary or profiler:
+    Lightning's loop with what may slow it turned off)."""
     torch.manual_seed(cfg.seed)
     module = MinimalModule(instantiate(cfg.model), instantiate(cfg.optim))
+    bare = {"barebones": True, "enable_progress_bar": False, "enable_model_summary": False,
+            "log_every_n_steps": 0, "num_sanity_val_steps": 0} if barebones else {}
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False,
-                          enable_checkpointing=False, default_root_dir=str(cfg.output_dir))
+                          enable_checkpointing=False, default_root_dir=str(cfg.output_dir), **bare)
     return module, trainer
 
 
-def paired_fit(cfg, datamodule, images, labels, every: int, minimal: bool = False) -> dict:
-    """One initlab fit (or, ``minimal``, a :class:`MinimalModule` fit) interleaved with a raw
+def paired_fit(cfg, datamodule, images, labels, every: int, minimal: bool = False,
+               barebones: bool = False) -> dict:
+    """One initlab fit (or, ``minimal``, a :class:`MinimalModule` fit, with ``barebones`` in
+    Lightning's barebones mode) interleaved with a raw
     loop (see :class:`PairedRaw`) that trains a copy of the fit's model, from the same initial
     weights, on the same batches in the same order (``images``, ``labels``: the training split
     on the device), with an optimizer and LR schedule of the same config: both do the same work
@@ -243,7 +250,7 @@ def paired_fit(cfg, datamodule, images, labels, every: int, minimal: bool = Fals
     ``raw`` loop, ``module`` and ``trainer``."""
     pairing = PairedRaw(every)
     if minimal:
-        module, trainer = build_minimal(cfg, [pairing])
+        module, trainer = build_minimal(cfg, [pairing], barebones=barebones)
     else:
         _, module, trainer = build(cfg, datamodule=datamodule, extra_callbacks=[pairing])
     model = copy.deepcopy(module.model).to(images.device)
@@ -297,7 +304,8 @@ def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
     the same batches (:func:`paired_fit`), over ``rounds`` fits of each variant in turn after a
     warm-up; ``max_weight_diff``: per variant, the largest weight difference between fit and
     raw loop after an epoch. ``framework`` is initlab without monitors over the raw loop,
-    ``lightning_alone`` the minimal module over it, ``initlab_vs_lightning`` the first over the
+    ``lightning_alone`` the minimal module over it (``lightning_barebones``: in Lightning's
+    barebones mode), ``initlab_vs_lightning`` the first over the
     second (what initlab adds to Lightning); the monitors' figures divide the monitored fits'
     ratios by initlab's. Spread: the numerator's per-fit ratios' max/min - 1; ``interval``: a
     95% bootstrap interval."""
@@ -310,12 +318,15 @@ def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
     datamodule = instantiate(cfgs["initlab"].data)
     datamodule.setup()
     images, labels = (t.clone().to(args.device) for t in datamodule.splits["train"])
-    variants = {**{name: (c, False) for name, c in cfgs.items()},
-                "lightning": (cfgs["initlab"], True)}
+    # name: (config, a MinimalModule, in barebones mode)
+    variants = {**{name: (c, False, False) for name, c in cfgs.items()},
+                "lightning": (cfgs["initlab"], True, False),
+                "barebones": (cfgs["initlab"], True, True)}
     fits: dict[str, list[dict]] = {name: [] for name in variants}
     for r in range(args.rounds + 1):  # round 0: the warm-up, not counted
-        for name, (variant_cfg, minimal) in variants.items():
-            fit = paired_fit(variant_cfg, datamodule, images, labels, every, minimal=minimal)
+        for name, (variant_cfg, minimal, barebones) in variants.items():
+            fit = paired_fit(variant_cfg, datamodule, images, labels, every, minimal=minimal,
+                             barebones=barebones)
             for done_with in ("raw", "module", "trainer"):  # only the figures are kept
                 del fit[done_with]
             if r > 0:
@@ -335,6 +346,7 @@ def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
         result["seconds"][f"{name}_outside"] = statistics.median(f["outside_s"] for f in rows)
     # (label, numerator, denominator): each fit's ratio is to its own paired raw seconds
     figures = [("framework", "initlab", None), ("lightning_alone", "lightning", None),
+               ("lightning_barebones", "barebones", None),
                ("initlab_vs_lightning", "initlab", "lightning"),
                ("monitors_default", "monitors_default", "initlab"),
                ("monitors_glorot", "monitors_glorot", "initlab")]

@@ -22,8 +22,8 @@ def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
     results = bench.main(["--quick", "--out", str(out), "--cases", *cases])
     saved = json.loads(out.read_text())
     assert set(saved) == set(cases) | {"machine"}
-    labels = {"framework", "lightning_alone", "initlab_vs_lightning", "monitors_default",
-              "monitors_glorot"}
+    labels = {"framework", "lightning_alone", "lightning_barebones", "initlab_vs_lightning",
+              "monitors_default", "monitors_glorot"}
     assert set(saved["framework"]["ratios"]) == labels
     framework = saved["framework"]
     assert framework["ratios"]["initlab_vs_lightning"] == pytest.approx(
@@ -32,6 +32,9 @@ def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
         low, high = framework["interval"][label]
         assert low <= high and framework["spread"][label] >= 0
     assert all(len(ratios) == 1 for ratios in framework["per_fit"].values())
+    assert set(framework["max_weight_diff"]) == {"initlab", "monitors_default",
+                                                 "monitors_glorot", "lightning", "barebones"}
+    assert all(diff < 1e-6 for diff in framework["max_weight_diff"].values())
     assert saved["data"]["ratios"]["augmented_vs_per_image"] > 0
     assert [r["seed"] for r in saved["speedrun"]["runs"]] == [0, 1]
     assert saved["startup"]["seconds"]["startup"] > 0
@@ -141,10 +144,11 @@ def _recording(raw_steps, instances: list):
     return make
 
 
-@pytest.mark.parametrize(("callbacks", "minimal"),
-                         [("none", False), ("default", False), ("none", True)])
+@pytest.mark.parametrize(("callbacks", "minimal", "barebones"),
+                         [("none", False, False), ("default", False, False), ("none", True, False),
+                          ("none", True, True)])
 def test_paired_raw_loop_trains_exactly_what_the_fit_trains(tmp_path, monkeypatch, callbacks,
-                                                            minimal):
+                                                            minimal, barebones):
     """The framework case compares like with like: each fit's raw loop starts from the fit's
     initial weights and takes the same batches in the same order, so after 20 steps (not a
     multiple of the 7-step pairing) both models hold the same weights, moved from where they
@@ -161,8 +165,10 @@ def test_paired_raw_loop_trains_exactly_what_the_fit_trains(tmp_path, monkeypatc
     images, labels = datamodule.splits["train"]
     raw_steps, raw_loops = bench.RawSteps, []
     monkeypatch.setattr(bench, "RawSteps", _recording(raw_steps, raw_loops))
-    fit = bench.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal)
+    fit = bench.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal,
+                           barebones=barebones)
     assert fit["max_weight_diff"] < 1e-6
+    assert fit["trainer"].barebones == barebones
     trained = raw_loops[0].model.state_dict()
     assert max(float((initial - trained[name]).abs().max())
                for name, initial in raw_loops[0].initial_weights.items()) > 1e-3  # it trained
@@ -171,7 +177,8 @@ def test_paired_raw_loop_trains_exactly_what_the_fit_trains(tmp_path, monkeypatc
         return raw_steps(model, optimizer, images, labels, batch_size, seed + 1, scheduler)
 
     monkeypatch.setattr(bench, "RawSteps", shuffled_raw_steps)
-    other = bench.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal)
+    other = bench.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal,
+                             barebones=barebones)
     assert other["max_weight_diff"] > 1e-4
 
 
