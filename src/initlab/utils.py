@@ -1,4 +1,5 @@
-"""Small helpers shared across initlab: atomic file writes and the layers that carry weights."""
+"""Small helpers shared across initlab: atomic file writes, the layers that carry weights, the
+seed streams and the malloc setting for training."""
 
 from __future__ import annotations
 
