@@ -174,7 +174,9 @@ class PairedRaw(L.Callback):
     machine's speed drifts by tens of percent within a minute, which alternating whole fits
     cannot cancel). Records per pair the fit's seconds, the raw seconds and the step count;
     what the fit spends outside its training segments (Lightning's setup and teardown) is the
-    fit's total minus both, and counts as the framework's."""
+    fit's total minus both, and counts as the framework's. A fit with an LR schedule gives
+    ``raw`` the same one, over the steps Lightning planned for the fit (as
+    ``Classifier.configure_optimizers`` builds it)."""
 
     def __init__(self, every: int, raw: RawSteps | None = None):
         self.raw, self.every = raw, every  # raw: set before the fit starts
@@ -183,6 +185,10 @@ class PairedRaw(L.Callback):
         self.steps: list[int] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
+        factory = getattr(pl_module, "scheduler_factory", None)
+        if factory is not None:
+            self.raw.scheduler = build_scheduler(factory, self.raw.optimizer,
+                                                 int(trainer.estimated_stepping_batches))
         sync(pl_module.device)
         self._segment_start, self._step_at_start = time.perf_counter(), trainer.global_step
 
@@ -238,30 +244,24 @@ def build_minimal(cfg, callbacks: list[L.Callback],
 def paired_fit(cfg, datamodule, images, labels, every: int, minimal: bool = False,
                barebones: bool = False) -> dict:
     """One initlab fit (or, ``minimal``, a :class:`MinimalModule` fit, with ``barebones`` in
-    Lightning's barebones mode) interleaved with a raw
-    loop (see :class:`PairedRaw`) that trains a copy of the fit's model, from the same initial
-    weights, on the same batches in the same order (``images``, ``labels``: the training split
-    on the device), with an optimizer and LR schedule of the same config: both do the same work
-    from the same state (a model in its first epoch trains ~2% slower a step here than one
-    trained for a few epochs, so a raw loop that kept training across fits was not a fair
-    baseline). Returns the fit's segments, the raw segments paired with them, the seconds
-    outside the segments, ``max_weight_diff`` (the largest difference between the two models'
-    weights after the fit: 0 when the fit trained exactly what the raw loop did), and the
-    ``raw`` loop, ``module`` and ``trainer``."""
+    Lightning's barebones mode) interleaved with a raw loop (see :class:`PairedRaw`) that trains
+    a copy of the fit's model, from the same initial weights, on the same batches in the same
+    order (``images``, ``labels``: the training split on the device), with an optimizer and LR
+    schedule of the same config: both do the same work from the same state (a model in its first
+    epoch trains ~2% slower a step here than one trained for a few epochs, so a raw loop that
+    kept training across fits was not a fair baseline). Returns the fit's segments, the raw
+    segments paired with them, the seconds outside the segments, ``max_weight_diff`` (the
+    largest difference between the two models' parameters, weights and biases, after the fit: 0
+    when the fit trained exactly what the raw loop did), and the ``raw`` loop, ``module`` and
+    ``trainer``."""
     pairing = PairedRaw(every)
     if minimal:
         module, trainer = build_minimal(cfg, [pairing], barebones=barebones)
     else:
         _, module, trainer = build(cfg, datamodule=datamodule, extra_callbacks=[pairing])
     model = copy.deepcopy(module.model).to(images.device)
-    optimizer = instantiate(cfg.optim)(model.parameters())
-    scheduler = None
-    if getattr(module, "scheduler_factory", None) is not None:  # as configure_optimizers does
-        batches = -(-len(labels) // cfg.data.batch_size) * cfg.trainer.max_epochs
-        total = min(batches, cfg.trainer.max_steps) if cfg.trainer.max_steps > 0 else batches
-        scheduler = build_scheduler(module.scheduler_factory, optimizer, total)
-    pairing.raw = RawSteps(model, optimizer, images, labels, cfg.data.batch_size, cfg.seed,
-                           scheduler)
+    pairing.raw = RawSteps(model, instantiate(cfg.optim)(model.parameters()), images, labels,
+                           cfg.data.batch_size, cfg.seed)  # the schedule: at the fit's start
     sync(images.device)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)  # ends by moving the model to the CPU: synced
@@ -298,17 +298,16 @@ def interval95(samples: np.ndarray) -> list[float]:
 
 
 def case_framework_and_monitors(args, data_dir: Path, out: Path) -> dict:
-    """initlab (monitors off / default / glorot) and a minimal LightningModule vs a
-    hand-written loop of the same model, batch size and optimizer, one epoch per fit: each fit
-    is interleaved every ``PAIR_EVERY`` steps with a raw loop that trains a copy of its model on
-    the same batches (:func:`paired_fit`), over ``rounds`` fits of each variant in turn after a
-    warm-up; ``max_weight_diff``: per variant, the largest weight difference between fit and
-    raw loop after an epoch. ``framework`` is initlab without monitors over the raw loop,
+    """initlab (monitors off / default / glorot) and a minimal LightningModule vs a hand-written
+    loop of the same model, batch size and optimizer, one epoch per fit: each fit is interleaved
+    every ``PAIR_EVERY`` steps with a raw loop that trains a copy of its model on the same
+    batches (:func:`paired_fit`), over ``rounds`` fits of each variant in turn after a warm-up;
+    ``max_weight_diff``: per variant, the largest weight difference between fit and raw loop
+    after an epoch. ``framework`` is initlab without monitors over the raw loop,
     ``lightning_alone`` the minimal module over it (``lightning_barebones``: in Lightning's
-    barebones mode), ``initlab_vs_lightning`` the first over the
-    second (what initlab adds to Lightning); the monitors' figures divide the monitored fits'
-    ratios by initlab's. Spread: the numerator's per-fit ratios' max/min - 1; ``interval``: a
-    95% bootstrap interval."""
+    barebones mode), ``initlab_vs_lightning`` the first over the second (what initlab adds to
+    Lightning); the monitors' figures divide the monitored fits' ratios by initlab's. Spread:
+    the numerator's per-fit ratios' max/min - 1; ``interval``: a 95% bootstrap interval."""
     steps = 20 if args.quick else 430  # one epoch of 55k at batch 128
     every = 5 if args.quick else PAIR_EVERY
     base = training_overrides(data_dir, steps, out, args.quick, args.device)

@@ -114,8 +114,9 @@ def test_paired_fit_times_every_step_once(tmp_path, monkeypatch, every, minimal)
     timed segment, and the raw loop trains as many steps as the fit did, segment by segment,
     whether or not the cadence divides the step count."""
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import bench
     from hydra.utils import instantiate
+
+    import bench
 
     data_dir = bench.synthetic_mnist(tmp_path / "data", 3000, 100)  # 22 batches of 128
     cfg = bench.compose_cfg(*bench.training_overrides(data_dir, 20, tmp_path / "out", quick=True),
@@ -154,8 +155,9 @@ def test_paired_raw_loop_trains_exactly_what_the_fit_trains(tmp_path, monkeypatc
     multiple of the 7-step pairing) both models hold the same weights, moved from where they
     started; a raw loop given another data order ends elsewhere (the check can fail)."""
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import bench
     from hydra.utils import instantiate
+
+    import bench
 
     data_dir = bench.synthetic_mnist(tmp_path / "data", 3000, 100)
     cfg = bench.compose_cfg(*bench.training_overrides(data_dir, 20, tmp_path / "out", quick=True),

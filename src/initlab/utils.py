@@ -72,9 +72,9 @@ def retain_freed_memory() -> bool:
     By default glibc hands freed blocks back to the OS (blocks above an adaptive mmap
     threshold; the top of the heap once more than twice that is free), and the next step's
     tensors of the same sizes take fresh pages, each a page fault. On the 2-core CPU machine a
-    default-CNN step then spent 1.5k-5k page faults and up to a third of its time in the kernel,
-    by chance of the heap's history; kept, steps took ~1 fault. Blocks under 32 MiB come from
-    the heap, and up to 1 GiB free at its top is kept. Process-wide; returns whether it took
+    default-CNN step then took from 7 to 5.3k page faults and 0.3-12 ms in the kernel, by chance
+    of the heap's history; kept, 1-55 faults and 0.2-0.4 ms. Blocks under 32 MiB come from the
+    heap, and up to 1 GiB free at its top is kept. Process-wide; returns whether it took
     effect (False where the C library has no glibc mallopt)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
