@@ -60,6 +60,7 @@ class Classifier(L.LightningModule):
         self._penalized = [m.weight for m in weight_layers(model).values()]
         self._epoch_sums: tuple[torch.Tensor, torch.Tensor] | None = None  # correct, loss x n
         self._epoch_examples = 0
+        self._pending_cuda_rng: torch.Tensor | None = None  # from a checkpoint, set at fit start
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
@@ -91,7 +92,7 @@ class Classifier(L.LightningModule):
         loss_sum.add_(loss.detach(), alpha=len(y))
         self._epoch_examples += len(y)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/ce", ce, prog_bar=True)
+            self.log("train/ce", ce)  # the progress bars read it when they draw (progress.py)
             self.log_dict({**step_metrics, "train/loss": loss, "train/acc": correct.float().mean()})
         return loss
 
@@ -150,6 +151,7 @@ class Classifier(L.LightningModule):
         # masks (a resumed run restores them from the checkpoint instead)
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:
             torch.manual_seed(stream_seed(self.seed, DROPOUT, self.trainer.global_rank))
+        self._restore_cuda_rng()
 
     def _rng_state(self) -> dict[str, torch.Tensor]:
         state = {"torch": torch.get_rng_state()}
@@ -175,9 +177,14 @@ class Classifier(L.LightningModule):
             states = checkpoint.get("rng_states", {})
         if "torch" in states:
             torch.set_rng_state(states["torch"])
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state(states["cuda"], self.device if self.device.type == "cuda"
-                                     else None)
+        # Lightning restores a checkpoint before it moves the model to its device: the CUDA
+        # generator is set in on_fit_start, once self.device names the run's GPU
+        self._pending_cuda_rng = states.get("cuda")
+
+    def _restore_cuda_rng(self) -> None:
+        state, self._pending_cuda_rng = self._pending_cuda_rng, None
+        if state is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state, self.device)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.model.parameters())

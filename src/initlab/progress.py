@@ -9,6 +9,14 @@ import time
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
 
+def with_train_loss(trainer, items: dict) -> dict:
+    """The last logged ``train/ce``, read from the device only when a bar draws: logged with
+    ``prog_bar=True`` Lightning would convert it to a float after every batch (a host sync a
+    step on CUDA, the logged value being cached until the next logging step)."""
+    ce = trainer.callback_metrics.get("train/ce")
+    return items if ce is None else {**items, "train/ce": float(ce)}
+
+
 class LineProgress(ProgressBar):
     """One line every ``every_n_steps`` training steps and one per validation/test pass."""
 
@@ -23,6 +31,9 @@ class LineProgress(ProgressBar):
 
     def enable(self) -> None:
         self._enabled = True
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return with_train_loss(trainer, super().get_metrics(trainer, pl_module))
 
     def _metrics(self, trainer, pl_module) -> str:
         items = self.get_metrics(trainer, pl_module)
@@ -48,8 +59,13 @@ class LineProgress(ProgressBar):
         print(*args, **kwargs, flush=True)
 
 
+class BarProgress(TQDMProgressBar):
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return with_train_loss(trainer, super().get_metrics(trainer, pl_module))
+
+
 def progress_bar(refresh_rate: int = 50) -> ProgressBar:
     """tqdm on a terminal, plain lines otherwise, both every ``refresh_rate`` steps."""
     if sys.stdout.isatty():
-        return TQDMProgressBar(refresh_rate=refresh_rate)
+        return BarProgress(refresh_rate=refresh_rate)
     return LineProgress(every_n_steps=refresh_rate)
