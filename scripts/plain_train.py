@@ -99,6 +99,12 @@ class CNN(nn.Module):
         return self.out(F.relu(self.fc1(x.flatten(1))))
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a phase's time holds its work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def standardize(images: torch.Tensor) -> torch.Tensor:
     return (images.unsqueeze(1).float().div_(255) - MEAN) / STD
 
@@ -127,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--channels", type=int, nargs=2, default=(24, 32))
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the data, the model and every step live")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--retain-freed-memory", action=argparse.BooleanOptionalAction,
                         default=True, help="glibc malloc keeps freed memory, as an initlab run "
@@ -144,8 +152,11 @@ def main(argv: list[str] | None = None) -> dict:
     test_y = read_idx(raw / "t10k-labels-idx1-ubyte").long()
     n_val = NUM_VAL if len(labels) == 60_000 else max(1, len(labels) // 12)
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    train_x, train_y = images[perm[n_val:]], labels[perm[n_val:]]
-    val_x, val_y = images[perm[:n_val]], labels[perm[:n_val]]
+    device = torch.device(args.device)
+    train_x, train_y, val_x, val_y, test_x, test_y = (t.to(device) for t in (
+        images[perm[n_val:]], labels[perm[n_val:]], images[perm[:n_val]], labels[perm[:n_val]],
+        test_x, test_y))
+    sync(device)
     phases["data_load"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -153,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = CNN(args.channels, hidden=args.hidden)
     for layer in (model.conv1, model.conv2, model.fc1, model.out):  # init=default resets again
         layer.reset_parameters()
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas))
     per_epoch = math.ceil(len(train_y) / args.batch_size)
     total_steps = per_epoch * args.epochs
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     step, val_acc, validation = 0, math.nan, 0.0
     for epoch in range(args.epochs):
         gen = torch.Generator().manual_seed(stream_seed(args.seed, DATA_ORDER, epoch))
-        order = torch.randperm(len(train_y), generator=gen)
+        order = torch.randperm(len(train_y), generator=gen).to(device)
         for i in range(0, len(order), args.batch_size):
             if step == total_steps:  # max_steps inside an epoch: no validation, as Lightning
                 break
@@ -187,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
             validation += time.perf_counter() - begin
             continue
         break
+    sync(device)
     phases["fit"] = time.perf_counter() - start
     fit_page_faults = minor_page_faults() - faults_before
     phases["validation"] = validation  # inside fit

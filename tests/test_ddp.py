@@ -11,13 +11,27 @@ import torch
 
 from tests.helpers import CORRUPT_KEYS, ROOT, checkpoint_test_accuracy
 
-pytestmark = pytest.mark.slow
+
+def test_trainer_ddp_takes_the_devices_there_are(make_cfg):
+    """trainer=ddp asks for devices=auto: one CPU process here, every GPU on a GPU machine (not
+    a fixed 2, which failed on a one-GPU machine)."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import DDPStrategy
+
+    cfg = make_cfg("trainer=ddp")
+    assert cfg.trainer.devices == "auto" and cfg.trainer.accelerator == "cpu"
+    trainer = instantiate(cfg.trainer)
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 1
+    two = instantiate(make_cfg("trainer=ddp", "trainer.devices=2").trainer)
+    assert two.num_devices == 2
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run(tiny_data, tmp_path):
     out = tmp_path / "runs" / "ddp"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts/train.py"), "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2",
          f"hydra.run.dir={out}", f"data.data_dir={tiny_data}", "data.verify=false",
          "data.sources=[local]", "data.batch_size=16", "data.eval_batch_size=30",
          "model.channels=[4,8]", "model.hidden=16", "trainer.max_epochs=2", "model.dropout=0.3",
