@@ -75,6 +75,7 @@ def test_unknown_option_lists_the_choices(make_cfg):
     ("l2=-0.1", r"l2=-0.1 is invalid"),
     ("init=xavier init.gain=huge", r"init.gain='huge' is invalid"),
     ("init.gain=2", r"init.scheme='default' takes no gain"),
+    ("channels_last=maybe", r"channels_last='maybe' is invalid; allowed: \['auto', True, False\]"),
 ])
 def test_bad_values_fail_before_training(make_cfg, override, message):
     with pytest.raises(Exception, match=message):  # Hydra wraps constructor errors
