@@ -54,9 +54,9 @@ class SaveOnInterrupt(L.Callback):
     before the time limit): finish the current batch, save ``interrupted.ckpt`` in the checkpoint
     folder and stop, so a relaunch in the same folder (or ``ckpt_path=``) continues the run.
 
-    A warning signal is handled as Lightning handles SIGTERM (rank 0's flag stops every DDP rank
-    after the same batch); Lightning's own SLURM handler is not used because it saves from inside
-    the signal handler, mid-step. :meth:`hand_on` then calls the handler the signal displaced
+    A warning signal is handled as Lightning handles SIGTERM (stop after the current batch);
+    Lightning's own SLURM handler is not used because it saves from inside the signal handler,
+    mid-step. :meth:`hand_on` then calls the handler the signal displaced
     (submitit's: requeue the job and exit). ``config`` is saved with every checkpoint so that a
     relaunch can check it continues the same run."""
 
