@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -66,8 +67,6 @@ def test_two_nodes_of_four_gpus_compose_into_a_matching_sbatch_request(tmp_path)
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu",
                  "--time=240", "--array=0-1%2", "--signal=USR2@120"):
         assert f"#SBATCH {line}" in lines, line
-    import pickle
-
     jobs = [pickle.loads(p.read_bytes()) for p in (sweep / ".submitit").glob("*.pkl")]
     assert len(jobs) == 2
     for delayed in jobs:
@@ -239,10 +238,11 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def signal_when_paused(proc: subprocess.Popen, marker: Path, sig: int) -> None:
     deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    # the file may exist before the id is in it
+    while not (marker.exists() and marker.read_text().strip()) and proc.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.05)
     assert marker.exists(), "the run never reached the step to be stopped at"
-    time.sleep(0.1)  # the id is written before the file is closed: read it whole
     os.kill(int(marker.read_text()), sig)
 
 

@@ -177,7 +177,8 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None,
         try:  # Lightning checks this only when fit launches; a job that cannot train fails now
             slurm.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
         except ValueError as err:
-            raise ConfigError(f"SLURM gave this job other resources than the trainer asks for: {err}") from err
+            raise ConfigError("SLURM gave this job other resources than the trainer asks for: "
+                              f"{err}") from err
     return datamodule, module, trainer
 
 
