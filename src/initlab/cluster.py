@@ -20,7 +20,10 @@ from omegaconf.errors import OmegaConfBaseException
 def _minutes(max_time: Any) -> float | None:
     """Lightning's ``max_time`` as "DD:HH:MM:SS" or a dict of timedelta keywords, in minutes."""
     if isinstance(max_time, str):
-        days, hours, minutes, seconds = (int(p) for p in max_time.split(":"))
+        try:
+            days, hours, minutes, seconds = (int(p) for p in max_time.split(":"))
+        except ValueError:  # not Lightning's format: the Trainer will say so
+            return None
         return days * 1440 + hours * 60 + minutes + seconds / 60
     if isinstance(max_time, (dict, DictConfig)):
         scale = {"weeks": 10080, "days": 1440, "hours": 60, "minutes": 1, "seconds": 1 / 60}
@@ -80,8 +83,8 @@ REQUEST_KEYS = ("trainer", "trainer.devices", "trainer.num_nodes", "trainer.acce
 
 
 def sweep_problems(overrides: list[str]) -> list[str]:
-    """Sweeps over the keys a submitit request is built from: every job gets the request of the
-    sweep's first composition, so those keys may not vary between jobs."""
+    """Sweeps over the keys a submitit request is built from: all jobs of a sweep are queued
+    with one request, built before the jobs' own configs are composed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return [f"{o.input_line}: sweep trainer's devices, nodes and accelerator in separate "
