@@ -176,3 +176,23 @@ def assert_resume_after_two_epochs_matches(make_cfg, tmp_path: Path, *extra: str
                          weights_only=False)["state_dict"] for d in (full, resumed))
     assert [k for k in wa if not torch.allclose(wa[k], wb[k], atol=1e-6)] == []
     return first
+
+
+class PauseAtStep(L.Callback):
+    """After optimizer step ``step``, write this process's id to ``marker`` and wait (at most
+    ``wait_s``) for a stop signal, as a job mid-epoch would receive one; None: never. Named by
+    ``_target_`` in the tests' relaunched runs (a resumed run is past the step)."""
+
+    def __init__(self, step: int | None = None, marker: str | None = None, wait_s: float = 120.0):
+        self.step, self.marker, self.wait_s = step, marker, wait_s
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import os
+        import time
+
+        if self.step is None or trainer.global_step != self.step:
+            return
+        Path(self.marker).write_text(str(os.getpid()))
+        deadline = time.monotonic() + self.wait_s
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.05)

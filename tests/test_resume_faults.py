@@ -109,6 +109,24 @@ def test_run_status_survives_a_resume(make_cfg, tmp_path):
     assert status.best_val_acc == max(before.accs + after.accs)
 
 
+def test_a_relaunch_in_the_same_folder_continues_only_its_own_run(make_cfg, tmp_path):
+    """A requeued job lands in its folder again: it continues from the folder's newest
+    checkpoint; another config in that folder is an error; auto_resume=false starts over."""
+    folder = [f"output_dir={tmp_path / 'run'}", "trainer.max_epochs=1"]
+    assert build(make_cfg(*folder, outputs=True)) and make_cfg(*folder).ckpt_path is None
+    run(make_cfg(*folder, outputs=True))
+    again = make_cfg(*folder, outputs=True)
+    build(again)
+    assert again.ckpt_path == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    fresh = make_cfg(*folder, "auto_resume=false", outputs=True)
+    build(fresh)
+    assert fresh.ckpt_path is None
+    lr = again.optim.lr
+    with pytest.raises(ConfigError, match=rf"holds a checkpoint of a run with another config "
+                                          rf"\(optim.lr: {lr} -> {lr * 2}\)"):
+        build(make_cfg(*folder, f"optim.lr={lr * 2}", outputs=True))
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
 def test_bad_checkpoint_is_a_clear_error(make_cfg, tmp_path, content):
     good = tmp_path / "good"

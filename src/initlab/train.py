@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +24,8 @@ from initlab.checkpointing import (
     SaveOnInterrupt,
     check_checkpoint,
     check_output_dir,
+    check_same_run,
+    own_checkpoint,
 )
 from initlab.data.robustness import check_corruptions
 from initlab.init import apply_init
@@ -52,6 +55,8 @@ def check_config(cfg: DictConfig) -> None:
     lr = cfg.optim.get("lr")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise ConfigError(f"optim.lr={lr!r} is invalid: it must be a number > 0")
+    if not isinstance(cfg.get("auto_resume", True), bool):
+        raise ConfigError(f"auto_resume={cfg.get('auto_resume')!r} is invalid: it must be true or false")
     for key in ("l1", "l2"):
         value = cfg.get(key)
         if not isinstance(value, (int, float)) or value < 0:
@@ -125,9 +130,16 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None,
     LightningModule, callbacks (``extra_callbacks`` first), logger and trainer."""
     check_config(cfg)
     output_dir = Path(cfg.output_dir)
+    # before find_lr may change optim.lr: the config as launched, saved with every checkpoint
+    launched = OmegaConf.to_container(cfg, resolve=True)
     try:
         check_output_dir(output_dir)
-        if cfg.ckpt_path:
+        own = own_checkpoint(output_dir) if cfg.checkpoint and cfg.get("auto_resume", True) else None
+        if own is not None:  # a requeued or relaunched job: its folder's checkpoint comes first
+            check_same_run(check_checkpoint(own), own, launched)
+            log.info("continuing this folder's run from %s", own)
+            cfg.ckpt_path = str(own)
+        elif cfg.ckpt_path:
             check_checkpoint(cfg.ckpt_path)
     except ValueError as err:
         raise ConfigError(str(err)) from err
@@ -161,17 +173,29 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None,
         callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"))
     if cfg.checkpoint:
         callbacks += [instantiate(node) for node in cfg.checkpoint.values() if node is not None]
-        callbacks.append(SaveOnInterrupt(Path(output_dir) / "checkpoints"))
+        callbacks.append(SaveOnInterrupt(Path(output_dir) / "checkpoints", config=launched))
     if cfg.trainer.get("enable_progress_bar", True) and cfg.progress_bar is not None:
         callbacks.append(instantiate(cfg.progress_bar))
+    plugins = [AtomicCheckpointIO()]
+    slurm = SLURMEnvironment(auto_requeue=False) if SLURMEnvironment.detect() else None
+    if slurm is not None:
+        # SaveOnInterrupt handles SLURM's warning signal after a whole batch; Lightning's
+        # auto-requeue would save from inside the signal handler, mid-step
+        plugins.append(slurm)
     trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=logger if logger is not None else False,
         enable_checkpointing=bool(cfg.checkpoint),
         default_root_dir=str(output_dir),
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
     )
+    if slurm is not None:
+        try:  # Lightning checks this only when fit launches; a job that cannot train fails now
+            slurm.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+        except ValueError as err:
+            raise ConfigError("SLURM gave this job other resources than the trainer asks for: "
+                              f"{err}") from err
     # the trainer knows the device; conv outputs follow the weights' layout
     module.channels_last = channels_last_in_effect(cfg.channels_last, model,
                                                    trainer.strategy.root_device)
@@ -384,7 +408,9 @@ def _fit(cfg, trainer, module, datamodule, status: RunStatus, clock: Timings) ->
         if status.status != "interrupted":
             raise
         _write_result(cfg, trainer, status, _metrics_to_floats(trainer.callback_metrics), clock)
-        raise SystemExit(status.exit_code) from None
+        saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
+        code = saver.hand_on() if saver is not None else None  # submitit: requeues and exits
+        raise SystemExit(code or status.exit_code) from None
     return _metrics_to_floats(trainer.callback_metrics)
 
 
@@ -420,6 +446,7 @@ def _write_result(cfg, trainer, status: RunStatus | None, metrics: dict[str, flo
         summary["error"] = f"{type(error).__name__}: {error}"
     result = {**summary, "metric": key,
               "score": score if math.isfinite(score) else None,
+              "resumed_from": cfg.ckpt_path or None,
               "steps": trainer.global_step if trainer is not None else 0,
               "epochs": trainer.current_epoch if trainer is not None else 0,
               "channels_last": getattr(trainer.lightning_module, "channels_last", None)
