@@ -1,26 +1,36 @@
-"""The plain-PyTorch reference for scripts/bench.py's whole-process case: the recipe of a
-``scripts/train.py`` run with nothing but torch and numpy (no Lightning, Hydra, torchvision or
-initlab), so a whole ``python scripts/train.py ...`` process can be timed against the least a
-script of the same recipe does.
+"""The plain-PyTorch reference for scripts/bench.py's whole-process case: the fastest script of a
+``scripts/train.py`` recipe a careful engineer writes with nothing but torch and numpy (no
+Lightning, Hydra, torchvision or initlab), so a whole ``python scripts/train.py ...`` process
+can be timed against it.
 
     python scripts/plain_train.py --data-dir data --epochs 2 --batch-size 256 --lr 0.01 \\
         --betas 0.7 0.9 --pct-start 0.1 --seed 1       # experiment=speedrun's recipe
 
-It does what an initlab run does to train and evaluate, the same way: the four IDX files read
-with numpy; initlab's 55k/5k split (fixed split seed) and data order (a permutation per epoch
-from the run seed's stream); pixels scaled to [0, 1] and standardised per batch; the default CNN
-(24/32 channels, 5x5/3x3 kernels, 256 hidden, ReLU) with PyTorch's default init, reset once more
-as ``init=default`` does, so one seed gives initlab's initial weights; Adam, one-cycle on the LR
-only (per step); the validation split evaluated after every epoch and the test set at the end;
-glibc's malloc told to keep freed memory, as an initlab run does (``--no-retain-freed-memory``
-leaves glibc's defaults).
-What it leaves out is what the framework adds: checkpoints, TensorBoard, monitors, corrupted
-test sets, progress lines, config composition.
+The recipe is an initlab run's: the four IDX files read with numpy; initlab's 55k/5k split
+(fixed split seed) and data order (a permutation per epoch from the run seed's stream); pixels
+scaled to [0, 1] and standardised with MNIST's mean and std; the default CNN (24/32 channels,
+5x5/3x3 kernels, 256 hidden, ReLU) with PyTorch's default init, reset once more as
+``init=default`` does, so one seed gives initlab's initial weights; Adam, one-cycle on the LR
+only (per step); the validation split evaluated after every epoch and the test set at the end.
+
+Its speed choices, each a flag:
+- ``--normalize-once`` (on): every split standardised to float once, at load, not per batch;
+- ``--channels-last`` (on for the CPU, off for CUDA: what measured fastest, README): the conv
+  weights, and so the activations, in channels-last memory format;
+- ``--retain-freed-memory`` (on): glibc's malloc keeps freed memory, so steps reuse it instead
+  of page-faulting it back, as an initlab run does;
+- batches sliced by index from tensors on the device, the per-epoch order moved there once;
+  zero_grad(set_to_none); nothing synchronises the host inside an epoch.
+``--no-normalize-once`` with initlab's memory format is the script with initlab's exact
+settings (bench.py's ``plain_initlab_settings``). What it leaves out is what the framework
+adds: checkpoints, TensorBoard, monitors, corrupted test sets, progress lines, config
+composition.
 
 Prints the test accuracy and where the time went; ``--json PATH`` writes the same as
-``{"test_acc", "fit_page_faults", "phases_s": {startup, data_load, build, first_step, fit,
-validation, test, total}}``: the minor page faults during fit, and seconds (``validation``
-inside ``fit``; ``startup``, ``first_step`` and ``total`` counted from process start).
+``{"test_acc", "settings", "fit_page_faults", "phases_s": {startup, data_load, build,
+first_step, fit, validation, test, total}}``: the speed settings in effect, the minor page
+faults during fit, and seconds (``validation`` inside ``fit``; ``startup``, ``first_step`` and
+``total`` counted from process start).
 """
 
 from __future__ import annotations
@@ -106,6 +116,9 @@ def sync(device: torch.device) -> None:
 
 
 def standardize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) -> standardised float (N, 1, H, W); a float input is already done."""
+    if images.is_floating_point():
+        return images
     return (images.unsqueeze(1).float().div_(255) - MEAN) / STD
 
 
@@ -135,6 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the data, the model and every step live")
+    parser.add_argument("--normalize-once", action=argparse.BooleanOptionalAction, default=True,
+                        help="standardise every split once at load (--no-...: per batch, as initlab)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels-last conv weights (default: on for cpu, off for cuda)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--retain-freed-memory", action=argparse.BooleanOptionalAction,
                         default=True, help="glibc malloc keeps freed memory, as an initlab run "
@@ -156,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_x, train_y, val_x, val_y, test_x, test_y = (t.to(device) for t in (
         images[perm[n_val:]], labels[perm[n_val:]], images[perm[:n_val]], labels[perm[:n_val]],
         test_x, test_y))
+    if args.normalize_once:
+        train_x, val_x, test_x = (standardize(t) for t in (train_x, val_x, test_x))
     sync(device)
     phases["data_load"] = time.perf_counter() - start
 
@@ -164,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = CNN(args.channels, hidden=args.hidden)
     for layer in (model.conv1, model.conv2, model.fc1, model.out):  # init=default resets again
         layer.reset_parameters()
-    model.to(device)
+    channels_last = device.type == "cpu" if args.channels_last is None else args.channels_last
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas))
     per_epoch = math.ceil(len(train_y) / args.batch_size)
     total_steps = per_epoch * args.epochs
@@ -211,7 +231,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"plain: {step} steps  val accuracy {val_acc:.4f}  test accuracy {test_acc:.4f}  "
           f"total {phases['total']:.1f} s")
     print("  " + "  ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
-    result = {"test_acc": test_acc, "val_acc": val_acc, "steps": step,
+    settings = {"device": args.device, "channels_last": channels_last,
+                "normalize_once": args.normalize_once,
+                "retain_freed_memory": args.retain_freed_memory}
+    result = {"test_acc": test_acc, "val_acc": val_acc, "steps": step, "settings": settings,
               "fit_page_faults": fit_page_faults,
               "phases_s": {k: round(v, 3) for k, v in phases.items()}}
     if args.json is not None:

@@ -53,11 +53,16 @@ def test_bench_quick_whole_processes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--out", str(out), "--cases", "whole"])
     whole = json.loads(out.read_text())["whole"]
-    assert set(whole["ratios"]) == {"whole_speedrun", "whole_default", "first_step_vs_floor",
-                                    "plain_glibc_defaults_vs_retained"}
+    per_command = {f"{kind}{name}{suffix}" for name in ("speedrun", "default")
+                   for kind, suffix in (("whole_", ""), ("whole_", "_vs_initlab_settings"),
+                                        ("", "_initlab_settings_vs_fastest"))}
+    assert set(whole["ratios"]) == per_command | {"first_step_vs_floor",
+                                                  "plain_glibc_defaults_vs_retained"}
     assert all(r > 0 for r in whole["ratios"].values())
-    assert set(whole["ratio_spread"]) == {"whole_speedrun", "whole_default",
-                                          "plain_glibc_defaults_vs_retained"}
+    assert set(whole["ratio_spread"]) == per_command | {"plain_glibc_defaults_vs_retained"}
+    # the plain script with initlab's settings: per-batch standardising, initlab's format
+    assert "--no-normalize-once --channels-last" in " ".join(
+        whole["plain_commands_initlab_settings"]["speedrun"])
     assert set(whole["plain_fit_page_faults"]) == {"retained", "glibc_defaults"}
     assert all(n >= 0 for n in whole["plain_fit_page_faults"].values())
     assert "experiment=speedrun seed=0" in whole["commands"]["speedrun"][0]
@@ -82,6 +87,22 @@ def test_bench_quick_whole_processes(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "whole_speedrun" in printed and "whole-process breakdown" in printed
     assert "first_step_vs_floor" in printed
+
+
+def test_plain_reference_trains_the_same_in_its_fastest_and_initlab_settings(tiny_data,
+                                                                             tmp_path):
+    """Standardising once and the memory format change speed, not the weights learned."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plain_train
+
+    common = ["--data-dir", str(tiny_data), "--epochs", "1", "--batch-size", "32",
+              "--channels", "4", "8", "--hidden", "16"]
+    fastest = plain_train.main(common)
+    settings = plain_train.main([*common, "--no-normalize-once", "--no-channels-last"])
+    assert fastest["settings"]["normalize_once"] and fastest["settings"]["channels_last"]
+    assert not settings["settings"]["normalize_once"] and not settings["settings"]["channels_last"]
+    assert fastest["test_acc"] == pytest.approx(settings["test_acc"], abs=1 / 200 + 1e-9)
+    assert fastest["steps"] == settings["steps"] == -(-550 // 32)
 
 
 def test_plain_reference_refuses_a_recipe_it_does_not_reproduce():
