@@ -8,12 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from PIL import Image, ImageDraw
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from initlab.data import ShapesetDataModule
 from initlab.data.shapes import MAX_VERTICES, ShapeGenerator
 from initlab.data.shapeset import Stream, generate
-from initlab.train import ConfigError, build
+from initlab.train import ConfigError, build, run
+from tests.conftest import NO_OUTPUTS, TINY_CNN, TINY_MLP
+from tests.helpers import CONF
 
 GEN = ShapeGenerator()
 # The generator's definition (simpleexemple.py, polygongen.py), written out independently.
@@ -213,11 +217,6 @@ def test_bad_values_name_the_key(key, value):
 
 def shapeset_cfg(tmp_path, *extra, outputs=False):
     """The real train config on data=shapeset, shrunk to a few CPU steps on small sets."""
-    from hydra import compose, initialize_config_dir
-
-    from tests.conftest import NO_OUTPUTS, TINY_CNN, TINY_MLP
-    from tests.helpers import CONF
-
     tiny = ["data=shapeset", "data.batch_size=32", "data.eval_batch_size=100",
             "data.train_size=96", "data.val_size=200", "data.test_size=200",
             "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
@@ -239,10 +238,6 @@ def test_models_take_shape_and_classes_from_the_data(tmp_path):
 
 
 def test_training_with_augment_and_corrupted_tests_logs_the_grid(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from initlab.train import run
-
     cfg = shapeset_cfg(tmp_path, "augment=noise_skew", "logger=tensorboard",
                        "robustness={noise: [0.2], skew: [20]}", outputs=True)
     run(cfg)
@@ -255,8 +250,6 @@ def test_training_with_augment_and_corrupted_tests_logs_the_grid(tmp_path):
 def test_a_small_tanh_mlp_learns_well_above_chance(tmp_path):
     """400 steps of a 2 x 256 tanh MLP (Adam, batch 50) on the real stream: well above chance
     (1/9) and above the most frequent class (1/6). Measured: 0.247 test accuracy, 2 s."""
-    from initlab.train import run
-
     cfg = shapeset_cfg(tmp_path, "model=mlp", "model.depth=2", "model.width=256",
                        "model.activation=tanh", "optim=adam", "optim.lr=0.001", "scheduler=none",
                        "data.batch_size=50", "data.train_size=20000", "data.val_size=2000",
@@ -265,3 +258,43 @@ def test_a_small_tanh_mlp_learns_well_above_chance(tmp_path):
     acc = run(cfg)
     print(f"shapeset 2x256 tanh MLP, 400 steps: test accuracy {acc:.4f}")
     assert acc > 0.2
+
+
+def test_stream_resumes_mid_epoch_and_draws_new_images_each_epoch():
+    def stream(epoch=0, skip=0):
+        return Stream(100, 16, 40, 3, torch.device("cpu"), lambda x: x, epoch=lambda: epoch,
+                      resume_at=lambda: skip)
+
+    full = [x for x, _ in stream()]
+    resumed = [x for x, _ in stream(skip=3)]
+    assert len(full) == 7 and len(resumed) == 4
+    assert all(torch.equal(a, b) for a, b in zip(full[3:], resumed))
+    assert not torch.equal(torch.cat(full), torch.cat([x for x, _ in stream(epoch=1)]))
+
+
+def test_monitors_run_on_shapeset(tmp_path):
+    """The default and lesson monitors (probe statistics and Jacobians on probe_batch, gradient
+    noise on train_subset) on a Shapeset MLP."""
+    cfg = shapeset_cfg(tmp_path, "model=mlp", "callbacks=lesson", "robustness=null",
+                       "callbacks.probe.jacobian_samples=2", "callbacks.probe.num_examples=50",
+                       "+callbacks.noise._target_=initlab.monitors.GradientNoiseMonitor",
+                       "+callbacks.noise.num_examples=64", "+callbacks.noise.every_n_examples=32",
+                       outputs=True)
+    run(cfg)
+    stats = (tmp_path / "run" / "init_stats.json").read_text()
+    assert '"fc1"' in stats and '"fan_in": 1024' in stats
+    scalars = set(EventAccumulator(str(tmp_path / "run")).Reload().Tags()["scalars"])
+    assert {"grad_noise/cosine", "jacobian/fc1/mean_sv", "activation/fc2/std"} <= scalars
+
+
+@pytest.mark.gpu
+def test_generation_on_cuda_follows_the_rules():
+    images, labels = generate(20_000, seed=1, split="train", device="cuda")
+    assert images.device.type == "cuda" and images.dtype == torch.uint8
+    freq = torch.bincount(labels, minlength=9).double().cpu() / len(labels)
+    expected = torch.tensor([1 / 6] * 3 + [1 / 9] * 3 + [1 / 18] * 3, dtype=torch.float64)
+    assert (freq - expected).abs().max() < 0.015
+    again, _ = generate(20_000, seed=1, split="train", device="cuda")
+    assert torch.equal(images, again)
+    corner = images[:, 0, 0].long()
+    assert ((corner <= 114) | (corner >= 140)).all()
