@@ -298,3 +298,20 @@ def test_generation_on_cuda_follows_the_rules():
     assert torch.equal(images, again)
     corner = images[:, 0, 0].long()
     assert ((corner <= 114) | (corner >= 140)).all()
+
+
+def test_a_second_shape_rejected_50_times_is_dropped(monkeypatch):
+    """With no overlap allowed, some second shapes exhaust their 50 draws: the image keeps its
+    first shape alone, in that shape's class and grey levels."""
+    import initlab.data.shapes as shapes
+
+    monkeypatch.setattr(shapes, "OVERLAP_MAX", 0.0)
+    sc = ShapeGenerator().scenes(4000, torch.Generator().manual_seed(0))
+    dropped = (sc.tries > 50).nonzero().squeeze(1)
+    assert len(dropped) > 20
+    assert (sc.shape_id[dropped, 1] == -1).all()
+    for i in dropped[:50].tolist():
+        assert int(sc.labels[i]) == CLASS_OF[(int(sc.shape_id[i, 0]),)]
+        assert set(sc.images[i].unique().tolist()) <= {int(sc.bg[i]), int(sc.fg[i, 0])}
+    kept = (sc.tries >= 1) & (sc.tries <= 50)
+    assert kept.any() and (sc.shape_id[kept, 1] >= 0).all()
