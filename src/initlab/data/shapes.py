@@ -63,8 +63,8 @@ def _regular(n: int) -> torch.Tensor:
 
 
 def _template() -> torch.Tensor:
-    """(3, MAX_VERTICES, 2): each type's vertices, the last one repeated up to 20 (zero-length
-    edges, which the rasteriser ignores), so every shape is one padded polygon."""
+    """(3, MAX_VERTICES, 2): each type's vertices, the last one repeated up to 20, so shapes of
+    every type fit one tensor (the rasteriser reads only a type's own vertices)."""
     rows = []
     for n in N_VERTICES:
         v = _regular(n)
@@ -79,9 +79,9 @@ def _area_ratio(n: int) -> float:
 
 @dataclass
 class Scenes:
-    """What a batch holds, besides its images: per image and shape slot (2), the shape type
-    (-1 where absent), the vertices (before padding is dropped), the integer centre the
-    overlap test uses, the scales, the grey levels."""
+    """A batch and how it was drawn: per image and shape slot (2) the shape type (-1 where
+    absent), vertices (padded to 20), translation (the overlap test floors the first one's, as
+    the generator's int32 storage did), scales and grey levels."""
 
     images: torch.Tensor    # (N, 32, 32) uint8
     labels: torch.Tensor    # (N,) int64 in [0, 9)
@@ -101,7 +101,6 @@ class ShapeGenerator:
         self.device = torch.device(device)
         dev, f32 = self.device, torch.float32
         self.template = _template().to(dev, f32)
-        self.n_vertices = torch.tensor(N_VERTICES, device=dev)
         self.area_ratio = torch.tensor([_area_ratio(n) for n in N_VERTICES], device=dev)
         # rot1 as the generator draws it: randint(0, 255 // n), indices past half the range
         # wrapped to negative angles (a symmetric range about the base)
