@@ -51,7 +51,6 @@ class Stream:
         self.device, self.transform, self.rank = device, transform, rank
         self.epoch, self.on_epoch, self.resume_at = epoch, on_epoch, resume_at
         self.generator = ShapeGenerator(device)
-        self.generated = 0  # images made (what the bench counts)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
@@ -69,7 +68,6 @@ class Stream:
                 part = min(self.chunk, self.n - made)
                 new = generate_chunk(self.generator, part, self.seed, "train", epoch, self.rank, k)
                 k, made = k + 1, made + part
-                self.generated += part
                 x, y = new if x is None else (torch.cat([x, new[0]]), torch.cat([y, new[1]]))
             bx, by, x, y = x[:size], y[:size], x[size:], y[size:]
             bx = self.transform(to_unit(bx))
