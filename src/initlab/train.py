@@ -120,6 +120,25 @@ def check_tune(tune: DictConfig | None) -> None:
         raise ConfigError(f"tune.apply={tune.get('apply')!r} is invalid: it must be true or false")
 
 
+def data_shape_kwargs(model_cfg: DictConfig, datamodule) -> dict:
+    """The model's input shape and class count, from the data module (the model class's
+    ``data_kwargs``); a model config that sets one of them otherwise is an error."""
+    from hydra.utils import get_class
+
+    cls = get_class(model_cfg._target_)
+    if not hasattr(cls, "data_kwargs") or not hasattr(datamodule, "input_shape"):
+        return {}  # a model or data module from outside initlab: the config says it all
+    try:
+        kwargs = cls.data_kwargs(tuple(datamodule.input_shape), datamodule.num_classes)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    for key, value in kwargs.items():
+        if key in model_cfg and model_cfg[key] != value:
+            raise ConfigError(f"model.{key}={model_cfg[key]!r} disagrees with the data "
+                              f"({type(datamodule).__name__} gives {value}): leave it unset")
+    return kwargs
+
+
 def _metrics_to_floats(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
@@ -145,7 +164,7 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None,
         raise ConfigError(str(err)) from err
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = datamodule if datamodule is not None else instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model, **data_shape_kwargs(cfg.model, datamodule))
     apply_init(model, **cfg.init, activation=cfg.model.activation)
     optimizer = instantiate(cfg.optim)
     scheduler = instantiate_optional(cfg.scheduler)
@@ -159,7 +178,7 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None,
         except ValueError as err:
             raise ConfigError(f"scheduler: {err}") from err
     module = Classifier(model, optimizer, scheduler, cfg.l1, cfg.l2, compile=cfg.compile,
-                        seed=cfg.seed)
+                        seed=cfg.seed, num_classes=getattr(datamodule, "num_classes", 10))
 
     callbacks = [*extra_callbacks, RunStatus(**cfg.status)]
     for name, node in cfg.callbacks.items():
@@ -360,6 +379,7 @@ def find_lr(cfg: DictConfig, module: Classifier, datamodule) -> float | None:
     with isolate_rng():
         copy_module = Classifier(copy.deepcopy(module.model), module.optimizer_factory,
                                  module.scheduler_factory, module.l1, module.l2,
+                                 num_classes=module.val_acc.num_classes,
                                  compile=False, seed=module.seed)
         trainer_args = {k: cfg.trainer[k] for k in
                         ("accelerator", "devices", "precision", "strategy", "num_nodes",

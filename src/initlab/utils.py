@@ -38,7 +38,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 # What a derived random stream is for: one run seed, independent streams.
-DATA_ORDER, AUGMENTATION, DROPOUT = 0, 1, 2
+DATA_ORDER, AUGMENTATION, DROPOUT, SHAPESET = 0, 1, 2, 3
 
 
 def stream_seed(seed: int, purpose: int, *keys: int) -> int:

@@ -43,6 +43,14 @@ class CNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, num_classes)
 
+    @staticmethod
+    def data_kwargs(input_shape: tuple[int, ...], num_classes: int) -> dict:
+        """The constructor arguments the data sets, from its (channels, height, width)."""
+        channels, height, width = input_shape
+        if height != width:
+            raise ValueError(f"model=cnn takes square images; the data gives {height}x{width}")
+        return {"in_channels": channels, "image_size": height, "num_classes": num_classes}
+
     def hidden_layers(self) -> list[tuple[str, nn.Module, nn.Module]]:
         """(name, weight layer, its activation) for each hidden layer, input to output."""
         return [("conv1", self.conv1, self.act1), ("conv2", self.conv2, self.act2),

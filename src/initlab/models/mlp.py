@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,6 +33,11 @@ class MLP(nn.Module):
             n_in = width
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(n_in, num_classes)
+
+    @staticmethod
+    def data_kwargs(input_shape: tuple[int, ...], num_classes: int) -> dict:
+        """The constructor arguments the data sets: inputs flattened, one output per class."""
+        return {"in_features": math.prod(input_shape), "num_classes": num_classes}
 
     def hidden_layers(self) -> list[tuple[str, nn.Module, nn.Module]]:
         """(name, weight layer, its activation) for each hidden layer, input to output."""
