@@ -8,7 +8,7 @@
 # four MNIST .gz files, linked into data/MNIST/raw (read and md5-checked there, never fetched).
 # Stages, each under its own time limit: env (card, driver, torch, precision flags), gpu_suite
 # (pytest -m gpu, all but the NCCL test), nccl (the DDP test, last of the tests), bench (the
-# speedrun and data cases on the device), formats (speedrun fit time in fp32/bf16 x
+# speedrun, data and shapeset cases on the device), formats (speedrun fit time in fp32/bf16 x
 # channels-first/last). Without CUDA it is a dry run: the GPU tests report their skip reasons
 # and the bench and formats run tiny on the CPU. The last line is the summary; the exit code
 # is the number of failed stages.
@@ -68,15 +68,15 @@ import hydra, omegaconf; print('hydra', hydra.__version__, '| omegaconf', omegac
 EOF"
 
 PYTEST=("$PY" -m pytest -p no:cacheprovider -q -rs "${TIMEOUT_FLAG[@]}")
-stage gpu_suite 300 "${PYTEST[@]}" -m gpu -k "not ddp" tests/test_gpu.py
-stage nccl 150 "${PYTEST[@]}" -m gpu -k ddp tests/test_gpu.py
+stage gpu_suite 300 "${PYTEST[@]}" -m gpu -k "not ddp" tests
+stage nccl 150 "${PYTEST[@]}" -m gpu -k ddp tests
 
 if [ "$DEVICE" = cuda ]; then
   BENCH=(--device cuda --seeds 3)
 else
   BENCH=(--device cpu --quick)
 fi
-stage bench 240 "$PY" scripts/bench.py "${BENCH[@]}" --cases speedrun data --out "$OUT/bench.json"
+stage bench 240 "$PY" scripts/bench.py "${BENCH[@]}" --cases speedrun data shapeset --out "$OUT/bench.json"
 stage formats 200 "$PY" scripts/memory_formats.py --device "$DEVICE" --out "$OUT/formats.json" \
   $([ "$DEVICE" = cpu ] && echo --quick)
 
