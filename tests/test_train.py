@@ -148,3 +148,26 @@ def test_progress_in_a_log_file_is_plain_lines(tiny_data, tmp_path):
         [f"epoch {e}", f"batch {b}/6"] for e in (0, 1) for b in (2, 4, 6)]
     assert all("train/ce" in line for line in lines)
     assert proc.stdout.count("validation at step ") == 2
+
+
+def _short_script_run(tiny_data, out, *overrides):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={out}",
+         f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
+         "data.train_samples=96", "data.batch_size=16", "model.channels=[4,8]", "model.hidden=16",
+         "trainer.accelerator=cpu", "callbacks=none", "robustness=null", *overrides],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.parametrize(("max_steps", "every"), [(8, 2), (9, 3)])
+def test_progress_total_is_the_epochs_batches_with_max_steps(tiny_data, tmp_path, max_steps,
+                                                             every):
+    """max_epochs=-1: Lightning's own total is the steps left to max_steps, shrinking as the
+    epoch runs; the line shows the epoch's batches (6) and the step out of max_steps."""
+    proc = _short_script_run(tiny_data, tmp_path / "run", "trainer.max_epochs=-1",
+                             f"trainer.max_steps={max_steps}", f"progress_bar.refresh_rate={every}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line.split("  ")[:3] for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    expected = [[f"epoch {(s - 1) // 6}", f"batch {s % 6 or 6}/6", f"step {s}/{max_steps}"]
+                for s in range(every, max_steps + 1) if (s % 6 or 6) % every == 0]
+    assert lines == expected

@@ -24,6 +24,7 @@ from initlab.checkpointing import (
     check_checkpoint,
     check_output_dir,
 )
+from initlab.console import say
 from initlab.data.robustness import check_corruptions
 from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
@@ -291,9 +292,9 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
     score = math.nan if status.status == "diverged" else metrics.get(key, math.nan)
     _write_result(cfg, trainer, status, metrics, clock, key, score)
     if trainer.is_global_zero:
-        print(f"status: {status.status}   test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
-              f"val accuracy: {metrics.get('val/acc', math.nan):.4f}")
-        print(f"inspect with: tensorboard --logdir {cfg.output_dir}")
+        say(f"status: {status.status}   test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
+            f"val accuracy: {metrics.get('val/acc', math.nan):.4f}")
+        say(f"inspect with: tensorboard --logdir {cfg.output_dir}")
     return score
 
 
