@@ -28,7 +28,7 @@ from initlab.console import say
 from initlab.data.robustness import check_corruptions
 from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
-from initlab.status import RunStatus
+from initlab.status import Heartbeat, RunStatus, ValidateAtMaxSteps
 from initlab.utils import atomic_write, process_age_s, retain_freed_memory
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,30 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is invalid: it must be a number >= 0")
     check_corruptions(cfg.get("robustness"))
     check_tune(cfg.get("tune"))
+    check_status(cfg.get("status"))
+
+
+STATUS_KEYS = ("check_every_n_steps", "stall_accuracy", "blowup_factor")
+
+
+def check_status(status: DictConfig | None) -> None:
+    """The ``status`` group: every key known and every value usable by RunStatus."""
+    status = status or {}
+    unknown = sorted(set(status) - set(STATUS_KEYS))
+    if unknown:
+        raise ConfigError(f"status has unknown keys {unknown}; allowed: {list(STATUS_KEYS)}")
+    every = status.get("check_every_n_steps", 50)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"status.check_every_n_steps={every!r} is invalid: it must be an "
+                          "integer >= 1")
+    stall = status.get("stall_accuracy", 0.2)
+    if not _is_number(stall) or not 0 <= stall <= 1:
+        raise ConfigError(f"status.stall_accuracy={stall!r} is invalid: it must be a number "
+                          "from 0 to 1")
+    factor = status.get("blowup_factor", 100.0)
+    if factor is not None and (not _is_number(factor) or not factor > 1):
+        raise ConfigError(f"status.blowup_factor={factor!r} is invalid: it must be a number > 1 "
+                          "or null (only a non-finite loss counts as diverged)")
 
 
 TUNE_KEYS = ("min_lr", "max_lr", "num_training", "mode", "early_stop_threshold", "apply")
@@ -133,7 +157,8 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None,
     module = Classifier(model, optimizer, scheduler, cfg.l1, cfg.l2, compile=cfg.compile,
                         seed=cfg.seed)
 
-    callbacks = [*extra_callbacks, RunStatus(**cfg.status)]
+    callbacks = [*extra_callbacks, RunStatus(**cfg.status), ValidateAtMaxSteps(),
+                 Heartbeat(output_dir)]
     for name, node in cfg.callbacks.items():
         if node is not None and "_target_" not in node:
             raise ConfigError(f"callbacks.{name} has no _target_: it sets options of a monitor that "
@@ -292,10 +317,12 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
     score = math.nan if status.status == "diverged" else metrics.get(key, math.nan)
     _write_result(cfg, trainer, status, metrics, clock, key, score)
     if trainer.is_global_zero:
-        say(f"status: {status.status}   test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
-            f"val accuracy: {metrics.get('val/acc', math.nan):.4f}")
+        say(f"status: {status.status} ({status.reason})")
+        say(f"test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
+             f"val accuracy: {metrics.get('val/acc', math.nan):.4f}   steps: {trainer.global_step}")
         say(f"inspect with: tensorboard --logdir {cfg.output_dir}")
     return score
+
 
 
 def find_lr(cfg: DictConfig, module: Classifier, datamodule) -> float | None:
@@ -393,10 +420,11 @@ def _write_result(cfg, trainer, status: RunStatus | None, metrics: dict[str, flo
     it went; a run that raised is ``failed`` with the error."""
     if trainer is not None and not trainer.is_global_zero:
         return
-    summary = status.summary() if status is not None else {"status": "ok"}
+    summary = status.summary() if status is not None else {"status": "ok", "status_reason": ""}
     if error is not None:
         summary["status"] = "failed"
         summary["error"] = f"{type(error).__name__}: {error}"
+        summary["status_reason"] = str(summary["error"]).splitlines()[0]
     result = {**summary, "metric": key,
               "score": score if math.isfinite(score) else None,
               "steps": trainer.global_step if trainer is not None else 0,
