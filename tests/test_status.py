@@ -199,7 +199,8 @@ def test_multirun_of_diverged_stalled_and_healthy_jobs_exits_zero_and_is_reporte
                             capture_output=True, text=True, timeout=600)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (sweep / "report.md").read_text()
-    for mark in ("**(some runs diverged)**", "**(some runs stalled)**", "| ok |", "diverged (step"):
+    for mark in ("**(1 diverged, left out)**", "**(includes 1 stalled)**", "| ok: val ",
+                 "diverged at step ", "stalled: val "):
         assert mark in text
 
 
