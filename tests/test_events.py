@@ -55,3 +55,28 @@ def test_hparams_columns_are_the_settings_a_user_compares(make_cfg, tmp_path):
         read_events(tmp_path / "run").PluginTagToContent("hparams")
     session = read_events(tmp_path / "run" / SESSION_DIR)
     assert set(session.Tags()["scalars"]) == {"hparams/val_acc", "hparams/val_loss"}
+
+
+@pytest.mark.parametrize(("callbacks", "robustness"), [("none", "null"), ("default", "default")])
+def test_every_custom_scalars_chart_has_a_curve(make_cfg, tmp_path, callbacks, robustness):
+    """The Custom Scalars layout holds no chart empty by design: each chart's tag patterns
+    match a scalar the run wrote (as TensorBoard matches them), with and without monitors and
+    corrupted test sets."""
+    import re
+
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    overrides = [f"callbacks={callbacks}", "logger=tensorboard", "trainer.max_epochs=1"]
+    if robustness == "null":
+        overrides.append("robustness=null")
+    run(make_cfg(*overrides))
+    events = read_events(tmp_path / "run")
+    config = events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    layout = layout_pb2.Layout.FromString(config)
+    tags = events.Tags()["scalars"]
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category
+              for chart in category.chart}
+    for title, patterns in charts.items():
+        assert any(re.compile(p).match(t) for p in patterns for t in tags), title
+    assert ("test accuracy under corruption" in charts) == (robustness != "null")
+    assert ("activation std" in charts) == (callbacks != "none")

@@ -383,7 +383,8 @@ def _fit(cfg, trainer, module, datamodule, status: RunStatus, clock: Timings) ->
         # here, not at the top: only TensorBoard runs need the monitors' module (~10 ms)
         from initlab.monitors.callbacks import add_layout
 
-        add_layout(trainer.logger)
+        add_layout(trainer.logger, trainer.callbacks,
+                   corruptions=bool(cfg.test and cfg.get("robustness")))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except SystemExit:  # Lightning ends an interrupted fit with SystemExit
