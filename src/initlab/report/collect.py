@@ -47,7 +47,10 @@ class Run:
         now = time.time() if now is None else now
         beat = self.heartbeat
         if beat is None:
-            age = now - (self.path / ".hydra" / "config.yaml").stat().st_mtime
+            try:
+                age = now - (self.path / ".hydra" / "config.yaml").stat().st_mtime
+            except OSError:  # a run folder made by hand: nothing to judge it by
+                return "running", "no heartbeat.json"
             if age > STALE_AFTER_S:
                 return "lost", f"no heartbeat.json, started {_ago(age)}"
             return "running", f"starting, {_ago(age)}"
