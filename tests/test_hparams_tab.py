@@ -26,13 +26,17 @@ def free_port() -> int:
 
 
 def tensorboard_experiment(logdir: Path) -> dict:
-    """Start tensorboard on ``logdir`` (a free local port), POST the hparams experiment request
-    the HParams page makes, return the JSON; stop tensorboard."""
+    """Start tensorboard on ``logdir`` (a free local port; the logs read once, in full, before
+    it serves), POST the hparams experiment request the HParams page makes, return the JSON;
+    stop tensorboard."""
     port = free_port()
     exe = Path(sys.executable).with_name("tensorboard")
-    proc = subprocess.Popen([str(exe), "--logdir", str(logdir), "--host", "127.0.0.1",
-                             "--port", str(port), "--reload_interval", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors = logdir.parent / f"tensorboard-{port}.err"
+    with open(errors, "wb") as stderr:
+        proc = subprocess.Popen([str(exe), "--logdir", str(logdir), "--host", "127.0.0.1",
+                                 "--port", str(port), "--reload_interval", "0",
+                                 "--reload_task", "blocking"],
+                                stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -43,9 +47,10 @@ def tensorboard_experiment(logdir: Path) -> dict:
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     return json.loads(response.read())
-            except OSError:
+            except OSError as err:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"tensorboard did not answer: {proc.stderr.read()[-2000:]}")
+                    raise AssertionError(f"tensorboard did not answer: "
+                                         f"{errors.read_text()[-2000:]}") from err
                 time.sleep(0.5)
     finally:
         proc.terminate()

@@ -319,10 +319,9 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
     if trainer.is_global_zero:
         say(f"status: {status.status} ({status.reason})")
         say(f"test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
-             f"val accuracy: {metrics.get('val/acc', math.nan):.4f}   steps: {trainer.global_step}")
+            f"val accuracy: {metrics.get('val/acc', math.nan):.4f}   steps: {trainer.global_step}")
         say(f"inspect with: tensorboard --logdir {cfg.output_dir}")
     return score
-
 
 
 def find_lr(cfg: DictConfig, module: Classifier, datamodule) -> float | None:
