@@ -49,6 +49,11 @@ def use_job_logging() -> None:
         logger.propagate = True
     logging.captureWarnings(True)
     warnings.simplefilter("default")  # each library warning once per location, in train.log
+    warnings.formatwarning = _one_line  # the stock format adds the source line and a newline
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    return f"{filename}:{lineno}: {category.__name__}: {message}"
 
 
 def say(line: str) -> None:
