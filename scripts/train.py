@@ -14,7 +14,10 @@ import initlab  # noqa: F401  (registers the configs' resolvers: ${project_root:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     # imported here, not at the top: --help and a config Hydra rejects need no Lightning (~4 s)
+    from initlab.console import use_job_logging
     from initlab.train import run
+
+    use_job_logging()
 
     # a multirun goes on past a crashed job (its result.json says failed); one run raises
     return run(cfg, keep_going=HydraConfig.get().mode == RunMode.MULTIRUN)

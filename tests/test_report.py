@@ -53,11 +53,14 @@ def test_report_rows_and_numbers_come_from_the_runs(sweep):
     assert "| 2 |" in row
     table = report.split("## Test error per configuration")[1].split("##")[0].splitlines()
     assert len([line for line in table if line.startswith("| init=")]) == 4
-    diverged_row = next(line for line in table
-                        if line.startswith("| init=xavier optim.lr=1000000000000.0 |"))
-    assert "diverged: 2" in diverged_row and "some runs diverged" in diverged_row
-    stalled = [line for line in table if line.startswith("| init=zeros")]
-    assert len(stalled) == 2 and all("stalled: 2" in line for line in stalled)
+    # a step of 1e12 blows the loss up, whatever the init (zeros: through the output bias)
+    for init in ("xavier", "zeros"):
+        diverged_row = next(line for line in table
+                            if line.startswith(f"| init={init} optim.lr=1000000000000.0 |"))
+        assert "diverged: 2" in diverged_row and "(2 diverged, left out)" in diverged_row
+        assert "| - **(" in diverged_row and "| 0 |" in diverged_row  # no mean: n = 0
+    stalled = next(line for line in table if line.startswith("| init=zeros optim.lr=0.01 |"))
+    assert "stalled: 2" in stalled and "(includes 2 stalled)" in stalled
 
 
 def test_at_init_table_reads_init_stats(sweep):
@@ -91,8 +94,82 @@ def test_partial_sweep_is_marked(sweep, tmp_path):
     job = sorted(p for p in partial.iterdir() if p.is_dir() and (p / "result.json").exists())[0]
     (job / "result.json").unlink()
     report = write_report(partial, collect_runs(partial)).read_text()
-    assert "Partial results:** 1 of 8 runs" in report
-    assert "running: 1" in report
+    # its process ended long ago on this host: lost, not running
+    assert "Partial results:** 1 of 8 runs have no result.json: 0 still running, 1 lost" in report
+    assert "lost: 1" in report and "running: 1" not in report
+    heartbeat = json.loads((job / "heartbeat.json").read_text())
+    assert f"lost: pid {heartbeat['pid']} on {heartbeat['host']} is gone" in report
+
+
+def test_each_row_says_why_from_the_runs_numbers(sweep):
+    """Each configuration's row and each run's line give the status with the measurement
+    behind it, read from result.json."""
+    runs = collect_runs(sweep)
+    report = write_report(sweep, runs).read_text()
+    table = report.split("## Test error per configuration")[1].split("##")[0]
+    runs_table = report.split("## Runs")[1]
+    for job in runs:
+        res = job.result
+        if res["status"] == "diverged":
+            loss = res["diverged_loss"]
+            if isinstance(loss, str):  # not finite: written by name
+                assert loss in ("nan", "inf", "-inf") and "not finite" in res["status_reason"]
+            else:
+                assert loss > res["blowup_factor"] * res["first_loss"]
+                loss = f"{loss:.3g}"
+            why = f"diverged at step {res['diverged_step']}, loss {loss}"
+        else:
+            sign = "<" if res["status"] == "stalled" else ">="
+            why = (f"{res['status']}: {res['accuracy_basis']} {100 * res['final_accuracy']:.1f}% "
+                   f"{sign} {100 * res['stall_accuracy']:g}%")
+            assert (res["final_accuracy"] < res["stall_accuracy"]) == (res["status"] == "stalled")
+        row = next(line for line in table.splitlines() if line.startswith(f"| {job.label} |"))
+        assert why in row, (why, row)
+        line = next(line for line in runs_table.splitlines()
+                    if line.startswith(f"| {job.path.relative_to(sweep)} |"))
+        assert why in line
+
+
+def test_a_killed_run_is_lost_not_running(tiny_data, tmp_path):
+    """SIGKILL leaves no result.json: while the process lives the report says running, once it
+    is gone, lost; a heartbeat from another host is judged by its age."""
+    import signal
+    import time
+
+    from initlab.report.collect import STALE_AFTER_S
+
+    out = tmp_path / "job"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={out}",
+         f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
+         "data.train_samples=96", "data.batch_size=32", "model.channels=[4,8]",
+         "model.hidden=16", "trainer.accelerator=cpu", "trainer.max_epochs=100000",
+         "callbacks=none", "robustness=null", "checkpoint=null"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "heartbeat.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        (running,) = collect_runs(out)
+        assert running.status == "running"
+        assert running.liveness()[1].startswith(f"pid {proc.pid} on ")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    (lost,) = collect_runs(out)
+    assert lost.result is None and lost.status == "lost"
+    assert f"pid {proc.pid} on " in lost.liveness()[1] and "is gone" in lost.liveness()[1]
+    assert "0 still running, 1 lost" in write_report(out, [lost]).read_text()
+    # another host: no process to look for, only how long ago it beat
+    beat = json.loads((out / "heartbeat.json").read_text())
+    (out / "heartbeat.json").write_text(json.dumps({**beat, "host": "elsewhere"}))
+    last = lost.liveness()  # the file as written: fresh
+    (elsewhere,) = collect_runs(out)
+    assert last[0] == "lost" and elsewhere.status == "running"
+    late = time.time() + STALE_AFTER_S + 60
+    assert elsewhere.liveness(now=late)[0] == "lost"
+    assert "no heartbeat from pid" in elsewhere.liveness(now=late)[1]
 
 
 def test_single_run_report(sweep):
@@ -196,3 +273,22 @@ def test_tanh_activations_at_init_are_unimodal_densities(make_cfg, tmp_path):
         for layer, (x, density) in curves.items():
             assert largest_dip(density) < 0.1 * density.max(), (scheme, layer)
             assert abs(x[density.argmax()]) < 0.25 * (x[-1] - x[0]), (scheme, layer)  # near 0
+
+
+@pytest.mark.parametrize("scale", [1.5e-4, 3.5e-4, 1.4e-3, 1.0])
+def test_histogram_tick_labels_do_not_overlap(tmp_path, scale):
+    """Back-propagated gradients at init span about 1e-4: the figure's tick labels, drawn at
+    its size, stay apart (plain labels like -0.00015 ran into each other)."""
+    from initlab.report.write import histogram_figure
+
+    values = torch.randn(50_000, generator=torch.Generator().manual_seed(0)) * scale / 3
+    fig = histogram_figure([one_run_with(tmp_path, {"conv1": values, "fc1": values / 2})],
+                           "activation")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for axis in (fig.axes[0].xaxis, fig.axes[0].yaxis):
+        labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+        assert len(labels) >= 3
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), \
+            [t.get_text() for t in labels]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
+import lightning as L
 import pytest
+import torch
 from omegaconf import OmegaConf
 
+from initlab.status import RunStatus
 from initlab.train import run
 from tests.helpers import ROOT
 
@@ -195,7 +199,8 @@ def test_multirun_of_diverged_stalled_and_healthy_jobs_exits_zero_and_is_reporte
                             capture_output=True, text=True, timeout=600)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (sweep / "report.md").read_text()
-    for mark in ("**(some runs diverged)**", "**(some runs stalled)**", "| ok |", "diverged (step"):
+    for mark in ("**(1 diverged, left out)**", "**(includes 1 stalled)**", "| ok: val ",
+                 "diverged at step ", "stalled: val "):
         assert mark in text
 
 
@@ -244,7 +249,166 @@ def test_bad_robustness_values_are_named(make_cfg, bad):
         build(make_cfg(bad.replace("robustness.blur", "+robustness.blur")))
 
 
-def test_run_without_validation_is_not_called_stalled(make_cfg, tmp_path):
-    run(make_cfg("trainer.max_steps=2", "status.stall_accuracy=1.0"))
+class ScaleOutput(L.Callback):
+    """Multiplies the output layer's weights by ``factor`` before step ``step``: from that step
+    on the loss is huge but finite (a blow-up that NaN checks miss)."""
+
+    def __init__(self, step: int, factor: float = 1e6):
+        self.step, self.factor = step, factor
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.out.weight.mul_(self.factor)
+
+
+class PoisonOutput(ScaleOutput):
+    """NaN in the output layer's weights before step ``step``: the loss is not finite."""
+
+    def __init__(self, step: int):
+        super().__init__(step, float("nan"))
+
+
+def fit_result(make_cfg, tmp_path, *overrides, callbacks=(), outputs=False):
+    """Fit (and test, unless diverged) as run() does, with ``callbacks`` first; the verdict
+    and the trainer."""
+    from initlab.train import build
+
+    cfg = make_cfg("robustness=null", "optim=sgd", "optim.lr=0.05", "scheduler=none",
+                   *overrides, outputs=outputs)
+    datamodule, module, trainer = build(cfg, extra_callbacks=list(callbacks))
+    trainer.fit(module, datamodule=datamodule)
+    status = next(c for c in trainer.callbacks if isinstance(c, RunStatus))
+    if cfg.test and status.status != "diverged":
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    return status, trainer
+
+
+@pytest.mark.parametrize("every", [1, 4])
+@pytest.mark.parametrize("bad_step", [2, 5])
+def test_a_finite_blowup_is_diverged_at_its_first_step(make_cfg, tmp_path, every, bad_step):
+    status, trainer = fit_result(make_cfg, tmp_path, "trainer.max_epochs=6",
+                                 f"status.check_every_n_steps={every}",
+                                 callbacks=[ScaleOutput(bad_step)])
+    summary = status.summary()
+    assert summary["status"] == "diverged" and summary["diverged_step"] == bad_step
+    loss = summary["diverged_loss"]
+    assert math.isfinite(loss) and loss > 100 * summary["first_loss"]
+    assert f"at step {bad_step}" in summary["status_reason"]
+    assert "blowup_factor 100" in summary["status_reason"]
+    assert bad_step < trainer.global_step <= bad_step + every  # stopped at the next check
+
+
+class RecordLosses(L.Callback):
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_blowup_bound_is_configurable_and_can_be_turned_off(make_cfg, tmp_path, every):
+    """With the bound off a blown-up (finite) run trains to the end; with a bound, it is
+    diverged at the first step whose loss, recorded by the off run, passed bound x step 0's."""
+    common = ["trainer.max_epochs=3", f"status.check_every_n_steps={every}"]
+    record = RecordLosses()
+    off, trainer = fit_result(make_cfg, tmp_path, *common, "status.blowup_factor=null",
+                              callbacks=[ScaleOutput(2, 1e3), record])
+    assert off.status != "diverged" and trainer.global_step == 9
+    losses = record.losses
+    factor = (max(losses) / losses[0]) ** 0.5  # a bound the recorded losses pass
+    assert factor > 1
+    expected = next(step for step, loss in enumerate(losses) if loss > factor * losses[0])
+    on, _ = fit_result(make_cfg, tmp_path, *common, f"status.blowup_factor={factor}",
+                       callbacks=[ScaleOutput(2, 1e3)])
+    assert on.status == "diverged" and on.diverged_step == expected
+    assert on.diverged_loss == pytest.approx(losses[expected], rel=1e-5)
+    assert on.first_loss == pytest.approx(losses[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_a_non_finite_loss_is_diverged_and_says_so(make_cfg, tmp_path, every):
+    status, _ = fit_result(make_cfg, tmp_path, "trainer.max_epochs=6",
+                           f"status.check_every_n_steps={every}", callbacks=[PoisonOutput(3)])
+    summary = status.summary()
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 3
+    assert summary["diverged_loss"] == "nan" and "not finite" in summary["status_reason"]
+    json.dumps(summary, allow_nan=False)  # result.json holds it
+
+
+@pytest.mark.parametrize(("every", "epochs"), [(1, 2), (4, 3)])
+@pytest.mark.parametrize("basis", ["val", "test", "train"])
+def test_zero_init_stalls_whether_or_not_validation_ran(make_cfg, tmp_path, every, epochs, basis):
+    """Zero init keeps every unit identical: the run ends near chance. It is stalled from the
+    last validation accuracy; without validation from the test accuracy; without either from
+    the training accuracy; result.json says which."""
+    off = {"val": [], "test": ["trainer.limit_val_batches=0"],
+           "train": ["trainer.limit_val_batches=0", "test=false"]}[basis]
+    cfg = make_cfg("init=zeros", "optim=sgd", "optim.lr=0.01", "robustness=null",
+                   "status.stall_accuracy=0.5", f"status.check_every_n_steps={every}",
+                   f"trainer.max_epochs={epochs}", *off)
+    run(cfg)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert result["status"] == "ok" and result["best_val_acc"] is None
+    assert result["status"] == "stalled" and result["accuracy_basis"] == basis
+    measured = {"val": result["metrics"].get("val/acc"), "test": result["metrics"].get("test/acc"),
+                "train": result["metrics"].get("train/acc_epoch")}[basis]
+    assert result["final_accuracy"] == pytest.approx(measured) and measured < 0.5
+    assert result["status_reason"].startswith(
+        {"val": "val accuracy", "test": "test accuracy", "train": "training accuracy"}[basis])
+    assert f"{measured:.3f} < stall_accuracy 0.5" in result["status_reason"]
+    assert ("no validation" in result["status_reason"]) == (basis != "val")
+    assert ("val/acc" in result["metrics"]) == (basis == "val")
+
+
+@pytest.mark.parametrize(("every", "epochs"), [(1, 1), (4, 2)])
+def test_a_run_that_learns_is_ok_with_its_reason(make_cfg, tmp_path, every, epochs):
+    run(make_cfg("data.train_samples=null", "robustness=null", "status.stall_accuracy=0.5",
+                 f"status.check_every_n_steps={every}", f"trainer.max_epochs={epochs}"))
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["accuracy_basis"] == "val"
+    assert result["final_accuracy"] == pytest.approx(result["metrics"]["val/acc"])
+    # the tiny digits are learnable: the verdict is ok, from the measured accuracy
+    assert result["metrics"]["val/acc"] >= 0.5 and result["status"] == "ok"
+    assert result["status_reason"] == (f"val accuracy {result['metrics']['val/acc']:.3f} >= "
+                                       "stall_accuracy 0.5")
+
+
+class RecordValidations(L.Callback):
+    def __init__(self):
+        self.seen: list[tuple[int, float]] = []  # (step, val/acc)
+
+    def on_validation_end(self, trainer, pl_module):
+        self.seen.append((trainer.global_step, float(trainer.callback_metrics["val/acc"])))
+
+
+@pytest.mark.parametrize("max_steps", [2, 5])
+def test_a_fit_stopped_by_max_steps_mid_epoch_ends_validated(make_cfg, tmp_path, max_steps):
+    """Three batches an epoch: max_steps 2 and 5 stop inside an epoch; Lightning's own
+    validation loop runs at that step (and at epoch ends before it), so the verdict, the
+    metrics and the best checkpoint see the final weights' val/acc."""
+    record = RecordValidations()
+    status, trainer = fit_result(make_cfg, tmp_path, f"trainer.max_steps={max_steps}",
+                                 "trainer.max_epochs=-1", "logger=none", "test=false",
+                                 "status.stall_accuracy=0.0", callbacks=[record], outputs=True)
+    assert trainer.global_step == max_steps
+    assert [step for step, _ in record.seen] == [s for s in (3, max_steps) if s <= max_steps]
+    assert status.accuracy_basis == "val" and status.final_accuracy == record.seen[-1][1]
+    assert float(trainer.callback_metrics["val/acc"]) == record.seen[-1][1]
+    best_step = max(record.seen, key=lambda seen: seen[1])[0]  # the first of equal bests
+    best = [p.name for p in (tmp_path / "run" / "checkpoints").glob("best-*.ckpt")]
+    assert best == [f"best-{(best_step - 1) // 3}-{best_step}.ckpt"]
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("status.blowup_factor=1", "status.blowup_factor=1 is invalid"),
+    ("status.blowup_factor=big", "status.blowup_factor='big' is invalid"),
+    ("status.stall_accuracy=1.5", "status.stall_accuracy=1.5 is invalid"),
+    ("status.check_every_n_steps=0", "status.check_every_n_steps=0 is invalid"),
+    ("+status.stall=0.2", "status has unknown keys ['stall']; allowed:"),
+])
+def test_bad_status_values_are_named_before_training(make_cfg, override, named):
+    from initlab.train import ConfigError, build
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        build(make_cfg(override))

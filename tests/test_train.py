@@ -149,3 +149,56 @@ def test_progress_in_a_log_file_is_plain_lines(tiny_data, tmp_path):
         [f"epoch {e}", f"batch {b}/6"] for e in (0, 1) for b in (2, 4, 6)]
     assert all("train/ce" in line for line in lines)
     assert proc.stdout.count("validation at step ") == 2
+
+
+def _short_script_run(tiny_data, out, *overrides):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={out}",
+         f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
+         "data.train_samples=96", "data.batch_size=16", "model.channels=[4,8]", "model.hidden=16",
+         "trainer.accelerator=cpu", "callbacks=none", "robustness=null", *overrides],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.parametrize(("max_steps", "every"), [(8, 2), (9, 3)])
+def test_progress_total_is_the_epochs_batches_with_max_steps(tiny_data, tmp_path, max_steps,
+                                                             every):
+    """max_epochs=-1: Lightning's own total is the steps left to max_steps, shrinking as the
+    epoch runs; the line shows the epoch's batches (6) and the step out of max_steps."""
+    proc = _short_script_run(tiny_data, tmp_path / "run", "trainer.max_epochs=-1",
+                             f"trainer.max_steps={max_steps}", f"progress_bar.refresh_rate={every}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line.split("  ")[:3] for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    expected = [[f"epoch {(s - 1) // 6}", f"batch {s % 6 or 6}/6", f"step {s}/{max_steps}"]
+                for s in range(every, max_steps + 1) if (s % 6 or 6) % every == 0]
+    assert lines == expected
+
+
+@pytest.mark.parametrize(("max_steps", "every"), [(6, 2), (9, 3)])
+def test_the_console_says_each_event_once(tiny_data, tmp_path, max_steps, every):
+    """A short run's console: the devices, a progress line per refresh, a line per
+    validation, the verdict, the metrics and where to look; nothing twice, no library tip or
+    warning (train.log keeps those, and every console line)."""
+    out = tmp_path / "run"
+    proc = _short_script_run(tiny_data, out, "trainer.max_epochs=-1",
+                             f"trainer.max_steps={max_steps}", f"progress_bar.refresh_rate={every}",
+                             "trainer.log_every_n_steps=50")
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) == len(set(lines)), lines  # each event once
+    progress = [line for line in lines if line.startswith("epoch ")]
+    validations = [line for line in lines if line.startswith("validation at step ")]
+    rest = [line for line in lines if line not in progress + validations]
+    assert len(progress) == sum((s % 6 or 6) % every == 0 for s in range(1, max_steps + 1))
+    # at each epoch end, and at max_steps when it stops an epoch midway
+    assert len(validations) == len({s for s in range(1, max_steps + 1) if s % 6 == 0}
+                                   | {max_steps})
+    assert [line.split(":")[0].split(" (")[0] for line in rest] == [
+        "GPU available", "TPU available", "status", "test accuracy", "inspect with"]
+    assert len(lines) == len(progress) + len(validations) + 5
+    log = (out / "train.log").read_text()
+    assert all(line in log for line in lines)
+    # what stayed off the console is in the log
+    assert "Tip:" in log and "Tip:" not in proc.stdout + proc.stderr
+    assert "site-packages" not in proc.stdout + proc.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
@@ -75,14 +77,43 @@ def hparams_columns(cfg: DictConfig) -> dict[str, object]:
     return {k: v for k, v in columns.items() if v is not None}
 
 
+SESSION_DIR = "hparams"  # the run's HParams session: a run of its own, inside the run's folder
+
+
+@rank_zero_only
 def log_hparams(logger: Logger, cfg: DictConfig, metrics: dict[str, float], step: int) -> None:
     """The HParams tab: :func:`hparams_columns` with the run's final validation and test
-    metrics, written under their own tags (``hparams/test_acc``, ...) at the last step, so no
-    training curve gets a point it did not measure."""
+    metrics (``hparams/test_acc``, ...), at the last step, written as a session in the run's
+    ``hparams/`` folder (:func:`write_session`), so no training curve gets a point it did not
+    measure and TensorBoard can tell which settings a sweep varied."""
     params = hparams_columns(cfg)
     if not isinstance(logger, TensorBoardLogger):
         logger.log_hyperparams(params)
         return
     final = {f"hparams/{k.replace('/', '_')}": v for k, v in metrics.items()
              if k.startswith(("test", "val/"))}
-    logger.log_hyperparams(params, metrics=final, step=step)
+    logger.hparams.update(params)  # hparams.yaml, as Lightning's log_hyperparams keeps it
+    write_session(Path(logger.log_dir) / SESSION_DIR, params, final, step)
+
+
+def write_session(path: Path, params: dict, metrics: dict[str, float], step: int) -> None:
+    """One HParams session: its start (the settings), the final metrics and its end, and no
+    experiment summary.
+
+    TensorBoard's hparams plugin takes the first experiment summary it finds, verbatim, as the
+    whole experiment (``backend_context._find_experiment_tag``): every hparam's ``differs``
+    stays false, so a sweep's page ticks the first five names alphabetically and hides the
+    swept ones. torch's ``hparams()``, hence Lightning's ``log_hyperparams``, writes one in every
+    run. Without it the plugin infers the experiment from all the sessions it sees
+    (``_compute_hparam_infos``): swept keys differ and come first. It infers the metrics from
+    the scalars under each session's folder, so the session has a folder of its own holding
+    only the final metrics, not the run's hundreds of training curves."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    _experiment, start, end = hparams(params, metrics)
+    with SummaryWriter(log_dir=str(path)) as writer:
+        writer.file_writer.add_summary(start, step)
+        for tag, value in metrics.items():
+            writer.add_scalar(tag, value, step)
+        writer.file_writer.add_summary(end, step)

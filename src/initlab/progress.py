@@ -8,6 +8,8 @@ import time
 
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
+from initlab.console import say
+
 
 def with_train_loss(trainer, items: dict) -> dict:
     """The last logged ``train/ce``, read from the device only when a bar draws: logged with
@@ -46,9 +48,12 @@ class LineProgress(ProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._enabled or (batch_idx + 1) % self.every_n_steps:
             return
-        self.print(f"epoch {trainer.current_epoch}  batch {batch_idx + 1}/{self.total_train_batches}"
-                   f"  step {trainer.global_step}  {time.perf_counter() - self._start:.1f} s  "
-                   f"{self._metrics(trainer, pl_module)}")
+        # the epoch's batches: Lightning's total_train_batches is the steps left to max_steps
+        # when max_epochs is -1, a total that shrinks as the epoch runs
+        steps = f"/{trainer.max_steps}" if trainer.max_steps > 0 else ""
+        self.print(f"epoch {trainer.current_epoch}  batch {batch_idx + 1}/"
+                   f"{trainer.num_training_batches}  step {trainer.global_step}{steps}  "
+                   f"{time.perf_counter() - self._start:.1f} s  {self._metrics(trainer, pl_module)}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._enabled and not trainer.sanity_checking:
@@ -56,7 +61,7 @@ class LineProgress(ProgressBar):
                        f"{self._metrics(trainer, pl_module)}")
 
     def print(self, *args, **kwargs) -> None:
-        print(*args, **kwargs, flush=True)
+        say(" ".join(str(a) for a in args))  # train.log too, where a Hydra job logs
 
 
 class BarProgress(TQDMProgressBar):

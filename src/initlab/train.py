@@ -27,10 +27,11 @@ from initlab.checkpointing import (
     check_same_run,
     own_checkpoint,
 )
+from initlab.console import say
 from initlab.data.robustness import check_corruptions
 from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
-from initlab.status import RunStatus
+from initlab.status import Heartbeat, RunStatus, ValidateAtMaxSteps
 from initlab.utils import atomic_write, process_age_s, retain_freed_memory
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,30 @@ def check_config(cfg: DictConfig) -> None:
                           f"{list(MEMORY_FORMAT_SETTINGS)}")
     check_corruptions(cfg.get("robustness"))
     check_tune(cfg.get("tune"))
+    check_status(cfg.get("status"))
+
+
+STATUS_KEYS = ("check_every_n_steps", "stall_accuracy", "blowup_factor")
+
+
+def check_status(status: DictConfig | None) -> None:
+    """The ``status`` group: every key known and every value usable by RunStatus."""
+    status = status or {}
+    unknown = sorted(set(status) - set(STATUS_KEYS))
+    if unknown:
+        raise ConfigError(f"status has unknown keys {unknown}; allowed: {list(STATUS_KEYS)}")
+    every = status.get("check_every_n_steps", 50)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"status.check_every_n_steps={every!r} is invalid: it must be an "
+                          "integer >= 1")
+    stall = status.get("stall_accuracy", 0.2)
+    if not _is_number(stall) or not 0 <= stall <= 1:
+        raise ConfigError(f"status.stall_accuracy={stall!r} is invalid: it must be a number "
+                          "from 0 to 1")
+    factor = status.get("blowup_factor", 100.0)
+    if factor is not None and (not _is_number(factor) or not factor > 1):
+        raise ConfigError(f"status.blowup_factor={factor!r} is invalid: it must be a number > 1 "
+                          "or null (only a non-finite loss counts as diverged)")
 
 
 MEMORY_FORMAT_SETTINGS = ("auto", True, False)
@@ -180,7 +205,8 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule | None = None,
     module = Classifier(model, optimizer, scheduler, cfg.l1, cfg.l2, compile=cfg.compile,
                         seed=cfg.seed, num_classes=getattr(datamodule, "num_classes", 10))
 
-    callbacks = [*extra_callbacks, RunStatus(**cfg.status)]
+    callbacks = [*extra_callbacks, RunStatus(**cfg.status), ValidateAtMaxSteps(),
+                 Heartbeat(output_dir)]
     for name, node in cfg.callbacks.items():
         if node is not None and "_target_" not in node:
             raise ConfigError(f"callbacks.{name} has no _target_: it sets options of a monitor that "
@@ -356,9 +382,10 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
     score = math.nan if status.status == "diverged" else metrics.get(key, math.nan)
     _write_result(cfg, trainer, status, metrics, clock, key, score)
     if trainer.is_global_zero:
-        print(f"status: {status.status}   test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
-              f"val accuracy: {metrics.get('val/acc', math.nan):.4f}")
-        print(f"inspect with: tensorboard --logdir {cfg.output_dir}")
+        say(f"status: {status.status} ({status.reason})")
+        say(f"test accuracy: {metrics.get('test/acc', math.nan):.4f}   "
+            f"val accuracy: {metrics.get('val/acc', math.nan):.4f}   steps: {trainer.global_step}")
+        say(f"inspect with: tensorboard --logdir {cfg.output_dir}")
     return score
 
 
@@ -421,7 +448,8 @@ def _fit(cfg, trainer, module, datamodule, status: RunStatus, clock: Timings) ->
         # here, not at the top: only TensorBoard runs need the monitors' module (~10 ms)
         from initlab.monitors.callbacks import add_layout
 
-        add_layout(trainer.logger)
+        add_layout(trainer.logger, trainer.callbacks,
+                   corruptions=bool(cfg.test and cfg.get("robustness")))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except SystemExit:  # Lightning ends an interrupted fit with SystemExit
@@ -460,10 +488,11 @@ def _write_result(cfg, trainer, status: RunStatus | None, metrics: dict[str, flo
     it went; a run that raised is ``failed`` with the error."""
     if trainer is not None and not trainer.is_global_zero:
         return
-    summary = status.summary() if status is not None else {"status": "ok"}
+    summary = status.summary() if status is not None else {"status": "ok", "status_reason": ""}
     if error is not None:
         summary["status"] = "failed"
         summary["error"] = f"{type(error).__name__}: {error}"
+        summary["status_reason"] = str(summary["error"]).splitlines()[0]
     result = {**summary, "metric": key,
               "score": score if math.isfinite(score) else None,
               "resumed_from": cfg.ckpt_path or None,

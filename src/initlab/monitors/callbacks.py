@@ -67,12 +67,32 @@ LAYOUT_CHARTS = {
 }
 
 
-def add_layout(logger: TensorBoardLogger) -> None:
+# what fills a chart, where it is not always there; the other "per layer" charts: the probe
+CHART_SOURCES = {
+    "test accuracy under corruption": "corruptions",
+    "Jacobian mean singular value": "jacobian", "Jacobian RMS singular value": "jacobian",
+    "update ratio log10": "update_ratio", "weight gradient L2 norm": "grad_norm",
+}
+
+
+def add_layout(logger: TensorBoardLogger, callbacks=(), corruptions: bool = False) -> None:
     """TensorBoard custom-scalars layout: one chart per statistic, all layers overlaid (the
-    paper's figures), and train vs validation on one chart (the generalisation gap)."""
-    logger.experiment.add_custom_scalars({
-        category: {title: ["Multiline", tags] for title, tags in charts.items()}
-        for category, charts in LAYOUT_CHARTS.items()})
+    paper's figures), and train vs validation on one chart (the generalisation gap). Charts
+    nothing will fill are left out: the corruption chart without corrupted test sets, a
+    monitor's charts without that monitor among ``callbacks``."""
+    probe = next((c for c in callbacks if isinstance(c, ProbeMonitor)), None)
+    present = {"corruptions": corruptions, "probe": probe is not None,
+               "jacobian": probe is not None and probe.jacobian is not None,
+               "update_ratio": any(isinstance(c, UpdateRatioMonitor) for c in callbacks),
+               "grad_norm": any(isinstance(c, GradNormMonitor) for c in callbacks)}
+    layout = {}
+    for category, charts in LAYOUT_CHARTS.items():
+        default = "probe" if category == "per layer" else None
+        kept = {title: ["Multiline", tags] for title, tags in charts.items()
+                if (source := CHART_SOURCES.get(title, default)) is None or present[source]}
+        if kept:
+            layout[category] = kept
+    logger.experiment.add_custom_scalars(layout)
 
 
 def write_histogram(writer, tag: str, packed: list[float], step: int) -> bool:

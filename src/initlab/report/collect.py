@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -29,10 +33,34 @@ class Run:
     result: dict | None  # None while the run is still going (or it crashed)
     init_stats: dict | None
     label: str = ""  # the overrides that vary across the sweep, seed excluded
+    heartbeat: dict | None = None  # heartbeat.json: host, pid, start time, last sign of life
 
     @property
     def status(self) -> str:
-        return self.result["status"] if self.result else "running"
+        """result.json's status; without one, ``running`` or ``lost`` (:meth:`liveness`)."""
+        return self.result["status"] if self.result else self.liveness()[0]
+
+    def liveness(self, now: float | None = None) -> tuple[str, str]:
+        """(``running`` or ``lost``, why) for a run without result.json: lost when its process
+        is gone from this host, or when no sign of life came for ``STALE_AFTER_S`` (its
+        heartbeat, or without one the start of the job's folder)."""
+        now = time.time() if now is None else now
+        beat = self.heartbeat
+        if beat is None:
+            try:
+                age = now - (self.path / ".hydra" / "config.yaml").stat().st_mtime
+            except OSError:  # a run folder made by hand: nothing to judge it by
+                return "running", "no heartbeat.json"
+            if age > STALE_AFTER_S:
+                return "lost", f"no heartbeat.json, started {_ago(age)}"
+            return "running", f"starting, {_ago(age)}"
+        last = datetime.fromisoformat(beat.get("heartbeat") or beat["start_time"]).timestamp()
+        where = f"pid {beat['pid']} on {beat['host']}"
+        if beat["host"] == socket.gethostname() and not _alive(beat["pid"]):
+            return "lost", f"{where} is gone, last heartbeat {_ago(now - last)}"
+        if now - last > STALE_AFTER_S:
+            return "lost", f"no heartbeat from {where} for {_ago(now - last, ago=False)}"
+        return "running", f"{where}, last heartbeat {_ago(now - last)}"
 
     @property
     def seed(self):
@@ -78,6 +106,24 @@ class Run:
         return None
 
 
+STALE_AFTER_S = 600.0  # a running job beats every 30 s (initlab.status.Heartbeat)
+
+
+def _ago(seconds: float, ago: bool = True) -> str:
+    text = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return f"{text} ago" if ago else text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
 def _load_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -100,7 +146,8 @@ def collect_runs(root: str | Path) -> list[Run]:
             if overrides_path.exists() else []
         config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
         runs.append(Run(run_dir, config, [str(o) for o in overrides],
-                        _load_json(run_dir / "result.json"), _load_json(run_dir / "init_stats.json")))
+                        _load_json(run_dir / "result.json"), _load_json(run_dir / "init_stats.json"),
+                        heartbeat=_load_json(run_dir / "heartbeat.json")))
     if not runs:
         raise FileNotFoundError(f"no runs under {root}: expected folders with .hydra/config.yaml")
     _set_labels(runs)

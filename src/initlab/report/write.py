@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 
 matplotlib.use("Agg")
@@ -29,16 +30,42 @@ def _fmt(value, digits=4) -> str:
         else f"{value:.{digits}g}"
 
 
+def status_reason(run: Run) -> str:
+    """The run's status with the measurement behind it, short: "diverged at step 37, loss
+    1.35e+21", "stalled: test 11.3% < 20%", "lost: pid 4242 on node3 is gone, ..."."""
+    res, status = run.result or {}, run.status
+    if status == "diverged":
+        step, loss = res.get("diverged_step"), res.get("diverged_loss")
+        text = "diverged" + (f" at step {step}" if step is not None else "")
+        return text + (f", loss {_loss(loss)}" if loss is not None else "")
+    if status in ("ok", "stalled") and res.get("accuracy_basis"):
+        accuracy, threshold = res["final_accuracy"], res["stall_accuracy"]
+        sign = "<" if status == "stalled" else ">="
+        return f"{status}: {res['accuracy_basis']} {100 * accuracy:.1f}% {sign} {100 * threshold:g}%"
+    if status == "failed":
+        return f"failed: {str(res.get('error', '')).splitlines()[0][:120]}" if res.get("error") \
+            else "failed"
+    if status in ("running", "lost"):
+        return f"{status}: {run.liveness()[1]}"
+    return f"{status}: {res['status_reason']}" if res.get("status_reason") else status
+
+
+def _loss(value) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)  # "nan", "inf"
+
+
 def error_table(runs: list[Run]) -> list[dict]:
-    """Test error (%) per configuration: mean, std and n over finished ok/stalled seeds."""
+    """Test error (%) per configuration: mean, std and n over finished ok and stalled seeds
+    (a stalled run's error is a result: its row says it is in the mean); diverged runs have
+    no test error and are left out, said in the row."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         groups[run.label].append(run)
     rows = []
     for label, members in sorted(groups.items()):
-        errors = [100 * (1 - r.result["metrics"]["test/acc"]) for r in members
-                  if r.result and "test/acc" in r.result.get("metrics", {})
-                  and r.status != "diverged"]
+        counted = [r for r in members if r.result and "test/acc" in r.result.get("metrics", {})
+                   and r.status in ("ok", "stalled")]
+        errors = [100 * (1 - r.result["metrics"]["test/acc"]) for r in counted]
         counts = defaultdict(int)
         for r in members:
             counts[r.status] += 1
@@ -48,8 +75,22 @@ def error_table(runs: list[Run]) -> list[dict]:
             "mean": statistics.mean(errors) if errors else None,
             "std": statistics.stdev(errors) if len(errors) > 1 else (0.0 if errors else None),
             "counts": dict(counts), "paper": paper, "runs": members,
+            "stalled_in_mean": sum(r.status == "stalled" for r in counted),
         })
     return rows
+
+
+def _flags(row: dict) -> str:
+    """What the mean holds and leaves out, beside it."""
+    counts, flags = row["counts"], []
+    if row["stalled_in_mean"]:
+        flags.append(f"includes {row['stalled_in_mean']} stalled")
+    for status in ("diverged", "failed", "interrupted", "lost"):
+        if counts.get(status):
+            flags.append(f"{counts[status]} {status}, left out")
+    text = f" **({'; '.join(flags)})**" if flags else ""
+    return text + (f" *(partial: {counts['running']} still running)*"
+                   if counts.get("running") else "")
 
 
 def _table1_markdown(rows: list[dict]) -> list[str]:
@@ -58,12 +99,10 @@ def _table1_markdown(rows: list[dict]) -> list[str]:
     for row in rows:
         err = "-" if row["mean"] is None else f"{row['mean']:.2f} ± {row['std']:.2f}"
         status = ", ".join(f"{k}: {v}" for k, v in sorted(row["counts"].items()))
-        flag = " **(some runs diverged)**" if row["counts"].get("diverged") else ""
-        flag += " **(some runs stalled)**" if row["counts"].get("stalled") else ""
-        flag += " **(some runs failed)**" if row["counts"].get("failed") else ""
-        flag += " *(partial: runs still going)*" if row["counts"].get("running") else ""
+        why = sorted({status_reason(r) for r in row["runs"]})  # seeds that agree: said once
         paper = f"{row['paper'][0]}: {row['paper'][1]:.2f}" if row["paper"] else "-"
-        lines.append(f"| {row['label']} | {err}{flag} | {row['n']} | {status} | {paper} |")
+        lines.append(f"| {row['label']} | {err}{_flags(row)} | {row['n']} | {status} "
+                     f"({'; '.join(why)}) | {paper} |")
     return lines
 
 
@@ -176,20 +215,31 @@ def histogram_curves(run: Run, kind: str, step: int = 0) -> dict[str, tuple[np.n
 
 
 def _histogram_figure(runs: list[Run], kind: str, path: Path) -> bool:
+    fig = histogram_figure(runs, kind)
+    if fig is None:
+        return False
+    save_figure(fig, path)
+    return True
+
+
+def histogram_figure(runs: list[Run], kind: str):
+    """One panel per run: its layers' ``kind`` densities at step 0; None when none has any."""
     panels = [(r, curves) for r in runs if (curves := histogram_curves(r, kind))]
     if not panels:
-        return False
+        return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (run, curves) in zip(axes[0], panels):
         for layer, (x, density) in curves.items():
             ax.plot(x, density, label=layer, lw=1.2)
         ax.set_title(f"{run.activation} / {run.init}", fontsize=9)
         ax.set_ylabel("density")
+        # few ticks, and an axis-wide power of ten: values like 1.5e-4 no longer overlap
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
+        ax.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
         ax.legend(fontsize=7)
     fig.suptitle(f"{kind} densities at initialization (step 0)")
     fig.tight_layout()
-    save_figure(fig, path)
-    return True
+    return fig
 
 
 def _error_curves(rows: list[dict], path: Path) -> bool:
@@ -221,11 +271,14 @@ def _error_curves(rows: list[dict], path: Path) -> bool:
 def write_report(root: str | Path, runs: list[Run]) -> Path:
     root = Path(root)
     rows = error_table(runs)
-    finished = sum(r.result is not None for r in runs)
+    unfinished = [r for r in runs if r.result is None]
     lines = [f"# initlab report: {root}", ""]
-    if finished < len(runs):
-        lines += [f"**Partial results:** {len(runs) - finished} of {len(runs)} runs have no "
-                  "result.json yet (still running, or stopped without finishing).", ""]
+    if unfinished:
+        lost = sum(r.status == "lost" for r in unfinished)
+        lines += [f"**Partial results:** {len(unfinished)} of {len(runs)} runs have no "
+                  f"result.json: {len(unfinished) - lost} still running, {lost} lost (the "
+                  "process ended without writing one: killed, out of memory, node lost; see "
+                  "the runs table).", ""]
     lines += lesson_section(root, runs)
     lines += ["## Test error per configuration", ""] + _table1_markdown(rows) + [""]
     lines += ["## At initialization (init_stats.json)", ""] + _at_init_markdown(runs) + [""]
@@ -261,13 +314,11 @@ def write_report(root: str | Path, runs: list[Run]) -> Path:
               "|---|---|---|---|---|---|---|"]
     for run in runs:
         res = run.result or {}
-        where = ""
-        if res.get("status") == "diverged":
-            where = f" (step {res.get('diverged_step')}, layer {res.get('diverged_layer')})"
-        elif res.get("status") == "failed":
-            where = f" ({str(res.get('error', '')).splitlines()[0][:120]})"
+        where = status_reason(run)
+        if res.get("status") == "diverged" and res.get("diverged_layer"):
+            where += f" (layer {res['diverged_layer']})"
         lines.append(f"| {run.path.relative_to(root) if run.path != root else '.'} | {run.label} "
-                     f"| {run.seed} | {run.status}{where} | {_fmt(res.get('score'))} "
+                     f"| {run.seed} | {where} | {_fmt(res.get('score'))} "
                      f"| {res.get('steps', '-')} | {_fmt(res.get('wall_time_s'), 3)} |")
     path = root / "report.md"
     atomic_write(path, ("\n".join(lines) + "\n").encode())
