@@ -68,10 +68,10 @@ def test_bench_quick_whole_processes(tmp_path, monkeypatch, capsys):
     assert "experiment=speedrun seed=0" in whole["commands"]["speedrun"][0]
     assert "--betas 0.7 0.9 --pct-start 0.1 --seed 0" in whole["plain_commands"]["speedrun"][0]
     # the speedrun has no monitors or corrupted test sets, the default command both; 6 steps
-    # end inside the first epoch, before any validation
+    # end inside the first epoch, and a fit stopped there ends with one validation
     assert set(whole["breakdown"]["speedrun"]["initlab"]) == set(bench.BREAKDOWN) - {
-        "probe", "robustness", "validation"}
-    assert set(whole["breakdown"]["default"]["initlab"]) == set(bench.BREAKDOWN) - {"validation"}
+        "probe", "robustness"}
+    assert set(whole["breakdown"]["default"]["initlab"]) == set(bench.BREAKDOWN)
     assert list(whole["goals"]) == ["speedrun mean test accuracy >= 0.99 over seeds 0-0"]
     for name in ("speedrun", "default"):
         initlab, plain = whole["breakdown"][name]["initlab"], whole["breakdown"][name]["plain"]

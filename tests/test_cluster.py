@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -204,7 +205,9 @@ def test_a_sweep_through_submitit_local_reports_a_diverged_job_among_healthy_one
                             capture_output=True, text=True, timeout=600)
     assert report.returncode == 0, report.stderr[-3000:]
     text = (sweep / "report.md").read_text()
-    assert "**(some runs diverged)**" in text and "| ok |" in text
+    # the failed job's row says what happened, with its step; the healthy ones say ok
+    assert re.search(r"\| optim\.lr=1000000000000\.0 \| 0 \| diverged at step \d+, loss ", text), text
+    assert len(re.findall(r"\| optim\.lr=0\.(05|1) \| 0 \| ok", text)) == 2, text
 
     # jobs gathered from several machines: each machine's job folders under one folder
     gathered = tmp_path / "gathered"
