@@ -119,9 +119,9 @@ def test_symmetry_lesson_on_tiny_data_counts_units_from_the_weights(tiny_data, t
     sweep = tmp_path / "sweep"
     _tiny_lesson("symmetry", tiny_data, sweep)
     lesson = _report(sweep)
-    zeros, xavier = lesson["numbers"]["zeros"], lesson["numbers"]["xavier"]
-    assert set(zeros["distinct_units"].values()) == {1}
-    assert set(xavier["distinct_units"].values()) == {16} == {xavier["units"]}
+    zeros, xavier = lesson["numbers"]["inits"]["zeros"], lesson["numbers"]["inits"]["xavier"]
+    assert set(zeros["distinct_units"]) == {1}
+    assert set(xavier["distinct_units"]) == {16} == {xavier["units"]}
 
 
 # ---------------------------------------------------------------- reading runs, without training
@@ -176,10 +176,10 @@ def _real_lesson(topic, sweep, *extra) -> dict:
 @pytest.mark.real_data
 def test_zero_init_leaves_one_distinct_unit_per_layer_on_mnist(tmp_path):
     lesson = _real_lesson("symmetry", tmp_path / "sweep")
-    numbers = lesson["numbers"]
+    numbers = lesson["numbers"]["inits"]
     for init in ("zeros", "constant"):
-        assert set(numbers[init]["distinct_units"].values()) == {1}, numbers[init]
-    assert set(numbers["xavier"]["distinct_units"].values()) == {numbers["xavier"]["units"]}
+        assert set(numbers[init]["distinct_units"]) == {1}, numbers[init]
+    assert set(numbers["xavier"]["distinct_units"]) == {numbers["xavier"]["units"]}
     assert numbers["xavier"]["test_acc"] > numbers["zeros"]["test_acc"] + 50
 
 
@@ -197,8 +197,8 @@ def test_learning_rate_too_small_is_far_below_the_best_and_too_large_diverges(tm
 @pytest.mark.real_data
 def test_exploding_lesson_diverges_and_every_cure_trains(tmp_path):
     lesson = _real_lesson("exploding", tmp_path / "sweep")
-    numbers = lesson["numbers"]
+    numbers = lesson["numbers"]["arms"]
     assert numbers["too_large"]["status"] == "diverged"
-    assert numbers["too_large"]["growth_toward_input"] > 10
+    assert numbers["too_large"]["growth"] > 10
     for cure in ("he", "clipping", "batchnorm"):
         assert numbers[cure]["status"] == "ok" and numbers[cure]["test_acc"] > 50, numbers[cure]
