@@ -12,7 +12,7 @@ from pathlib import Path
 
 from initlab.report.collect import collect_runs
 from initlab.report.lessons import MODULES, VERDICT, figure_name, lesson_section, render
-from initlab.report.lessons.common import fixed, integer, pick
+from initlab.report.lessons.common import fixed, pick
 from initlab.report.lessons.exploding import rarity
 from initlab.utils import atomic_write
 
@@ -246,4 +246,3 @@ SETUP = {
                  "(ruído de desvio 0,1 a 0,5, inclinação de 10 a 45 graus)."},
 }
 
-__all__ = ["build", "integer", "measure_all", "read_times", "replace_block"]

@@ -186,7 +186,7 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
         (wins if all(_acc(xav) > _acc(c) for c in naive) else losses).append(act)
         name = act if lang == "en" else act.replace("sigmoid", "sigmoide")
         numbers.append(f"{name}: " + " / ".join(fmt_outcome(c["outcome"], lang) for c in naive)
-                       + f" vs xavier {fmt_outcome(xav['outcome'], lang)}")
+                       + pick(lang, " vs xavier ", " contra xavier ") + fmt_outcome(xav["outcome"], lang))
     if not numbers:
         return []
     verdict = "confirmed" if not losses else "qualified" if wins else "contradicted"

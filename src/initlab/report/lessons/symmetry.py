@@ -116,11 +116,12 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
     worse = zeros["test_acc"] is None or zeros["test_acc"] < inits[best]["test_acc"] - 10
     verdict = "confirmed" if identical and worse else "qualified" if identical or worse \
         else "contradicted"
-    number = pick(lang, f"zeros: {max(zeros['distinct_units'])} distinct unit(s) of "
-                        f"{zeros['units']}, {fmt_outcome(zeros['outcome'], lang)}; "
+    k = max(zeros["distinct_units"])
+    number = pick(lang, f"zeros: {k} distinct unit{'s' if k > 1 else ''} of "
+                        f"{zeros['units']} per layer, {fmt_outcome(zeros['outcome'], lang)}; "
                         f"{best}: {fmt_outcome(inits[best]['outcome'], lang)}",
-                  f"zeros: {max(zeros['distinct_units'])} unidade(s) distinta(s) de "
-                  f"{integer(zeros['units'], lang)}, {fmt_outcome(zeros['outcome'], lang)}; "
+                  f"zeros: {k} unidade{'s distintas' if k > 1 else ' distinta'} de "
+                  f"{integer(zeros['units'], lang)} por camada, {fmt_outcome(zeros['outcome'], lang)}; "
                   f"{best}: {fmt_outcome(inits[best]['outcome'], lang)}")
     return [(CLAIM[lang], verdict, number)]
 

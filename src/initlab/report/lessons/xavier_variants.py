@@ -84,9 +84,9 @@ def describe(n: dict, lang: str) -> list[str]:
         for c in lins:
             lo, hi = min(c["forward_ratio"]), max(c["forward_ratio"])
             pred = sum(c["forward_predicted"]) / len(c["forward_predicted"])
-            parts.append(pick(lang, f"{c['init']} {num(lo, lang, 2)} to {num(hi, lang, 2)} "
+            parts.append(pick(lang, f"{num(lo, lang, 2)} to {num(hi, lang, 2)} under {c['init']} "
                                     f"(n_in Var(W) = {num(pred, lang, 2)})",
-                              f"{c['init']} de {num(lo, lang, 2)} a {num(hi, lang, 2)} "
+                              f"entre {num(lo, lang, 2)} e {num(hi, lang, 2)} com {c['init']} "
                               f"(n_in Var(W) = {num(pred, lang, 2)})"))
         worst = max(_worst_error(c, "forward") for c in lins)
         holds = worst < 0.15
@@ -98,7 +98,7 @@ def describe(n: dict, lang: str) -> list[str]:
                         + f", every layer within {num(100 * worst, lang, 2)}% of n_in Var(W).",
                         f"Na rede linear (sem ativação, {len(lins[0]['std'])} camadas de "
                         f"{lins[0]['widths'][0]}), a razão medida Var(Y)/Var(X) das camadas 2 a "
-                        f"{len(lins[0]['std'])} vai {join(parts, lang)}: a dedução "
+                        f"{len(lins[0]['std'])} fica {join(parts, lang)}: a dedução "
                         + ("se confirma" if holds else "não se confirma")
                         + f", com cada camada a menos de {num(100 * worst, lang, 2)}% de n_in Var(W)."))
     lecun, xav = _get(n, "funnel", "linear", "lecun"), _get(n, "funnel", "linear", "xavier")
@@ -106,9 +106,11 @@ def describe(n: dict, lang: str) -> list[str]:
         worst_l = max(_off(lecun["forward_total"]), _off(lecun["backward_total"]))
         worst_x = max(_off(xav["forward_total"]), _off(xav["backward_total"]))
         balances = worst_x < worst_l
+        keeps = _off(lecun["forward_total"]) < math.log(1.5)
         widths = "-".join(str(w) for w in lecun["widths"])
         out.append(pick(lang,
-                        f"With unequal widths ({widths}, linear), 1/n_in keeps the forward variance "
+                        f"With unequal widths ({widths}, linear), 1/n_in "
+                        f"{'keeps' if keeps else 'does not keep'} the forward variance "
                         f"(last/first hidden layer {num(lecun['forward_total'], lang, 2)}) while the "
                         f"back-propagated gradient's variance changes by "
                         f"{num(lecun['backward_total'], lang, 2)} from the last hidden layer to "
@@ -118,7 +120,8 @@ def describe(n: dict, lang: str) -> list[str]:
                            "1/n_in's worse one" if balances else
                            "it does not bring the worse direction closer to 1 than 1/n_in does")
                         + ".",
-                        f"Com larguras desiguais ({widths}, rede linear), 1/n_in mantém a variância "
+                        f"Com larguras desiguais ({widths}, rede linear), 1/n_in "
+                        f"{'mantém' if keeps else 'não mantém'} a variância "
                         f"no sentido direto (última/primeira camada oculta "
                         f"{num(lecun['forward_total'], lang, 2)}), enquanto a variância do gradiente "
                         f"retropropagado muda por um fator {num(lecun['backward_total'], lang, 2)} "
