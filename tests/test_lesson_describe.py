@@ -336,7 +336,8 @@ EXAMPLES = [_symmetry(11.0, 92.0), _naive(10.0, 40.0), _variants(1.0, 0.05, 3.0,
             _l1_l2(87.0, 2.0), _dropout(0.6, 0.1), _augment(89.6)]
 
 
-@pytest.mark.parametrize("module,numbers", list(zip(ALL, EXAMPLES)), ids=[m.__name__.split(".")[-1] for m in ALL])
+@pytest.mark.parametrize("module,numbers", list(zip(ALL, EXAMPLES)),
+                         ids=[m.__name__.split(".")[-1] for m in ALL])
 def test_portuguese_sentences_and_tables_write_no_decimal_point(module, numbers):
     words = " ".join(module.describe(numbers, "pt-BR") + module.table(numbers, "pt-BR")
                      + [n for _, _, n in module.verdicts(numbers, "pt-BR")])

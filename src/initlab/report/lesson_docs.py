@@ -52,7 +52,8 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 def verdict_table(numbers: dict[str, dict], lang: str) -> list[str]:
     rows = [pick(lang, "| # | the course's claim | verdict | the deciding number | section |",
-                 "| # | afirmação da aula | veredito | o número que decide | seção |"), "|---|---|---|---|---|"]
+                 "| # | afirmação da aula | veredito | o número que decide | seção "
+                 "|"), "|---|---|---|---|---|"]
     count = 0
     for i, (topic, module) in enumerate(MODULES.items(), start=1):
         if topic not in numbers:

@@ -90,10 +90,13 @@ def describe(n: dict, lang: str) -> list[str]:
     cleans = {a: v["clean"] for a, v in augs.items() if v["clean"] is not None}
     if len(cleans) >= 2:
         spread = max(cleans.values()) - min(cleans.values())
+        listing = ", ".join(f"{_name(a, lang)} {pct(v, lang)}" for a, v in cleans.items())
         out.append(pick(lang, f"On the clean test set all {len(cleans)} end within {fixed(spread, lang)} "
-                              f"points of each other ({', '.join(f'{_name(a, lang)} {pct(v, lang)}' for a, v in cleans.items())}).",
+                              f"points of each other "
+                              f"({listing}).",
                         f"No conjunto de teste limpo, as {len(cleans)} ficam a até {fixed(spread, lang)} "
-                        f"pontos umas das outras ({', '.join(f'{_name(a, lang)} {pct(v, lang)}' for a, v in cleans.items())})."))
+                        f"pontos umas das outras "
+                        f"({listing})."))
     return out
 
 

@@ -88,7 +88,8 @@ def describe(n: dict, lang: str) -> list[str]:
                         f"{num(lo['cosine_mean'], lang, 2)} at batch size {noisy[0]} and "
                         f"{num(hi['cosine_mean'], lang, 2)} at {integer(noisy[-1], lang)} (mean over "
                         f"training; 1 is the same direction).",
-                        f"Lotes pequenos representam {'pior os dados' if less else 'os dados tão bem quanto os grandes'}: "
+                        f"Lotes pequenos representam "
+                        f"{'pior os dados' if less else 'os dados tão bem quanto os grandes'}: "
                         f"o gradiente de cada passo concorda com o gradiente de um subconjunto fixo "
                         f"de {integer(lo['subset'], lang)} exemplos de treino com cosseno "
                         f"{num(lo['cosine_mean'], lang, 2)} no lote de tamanho {noisy[0]} e "
@@ -145,7 +146,8 @@ def table(n: dict, lang: str) -> list[str]:
             "|---|---|---|---|---|---|"]
     for b in n["sizes"]:
         r = n[str(b)]
-        rows.append(f"| {integer(b, lang)} | {num(r.get('cosine_mean'), lang)} | {num(r.get('step_ms'), lang)} "
+        rows.append(f"| {integer(b, lang)} | {num(r.get('cosine_mean'), lang)} | "
+                    f"{num(r.get('step_ms'), lang)} "
                     f"| {num(r.get('epoch_s'), lang)} | {pct(r.get('acc_epochs'), lang)} "
                     f"| {pct(r.get('acc_time'), lang)} |")
     return rows

@@ -55,20 +55,22 @@ def describe(n: dict, lang: str) -> list[str]:
         gaps = join([f"p={num(v['p'], lang)} {fixed(v['gap'], lang)}" for v in others], lang)
         tests = join([f"p={num(v['p'], lang)} {fmt_outcome(v['outcome'], lang)}" for v in others], lang)
         everywhere = len(narrower) == len(others)
+        narrows_en = ("narrows the gap at every rate tried" if everywhere
+                      else "does not narrow the gap at every rate")
+        narrows_pt = ("reduz a diferença em todas as taxas testadas" if everywhere
+                      else "não reduz a diferença em todas as taxas")
         out.append(pick(lang, f"On {integer(base['train_samples'], lang)} training examples without "
                               f"dropout the CNN reaches {pct(base['train_acc'], lang)} on its training "
                               f"data and {pct(base['val_acc'], lang)} on validation (gap "
                               f"{fixed(base['gap'], lang)} points, both evaluated the same way). "
-                              f"Dropout {'narrows the gap at every rate tried' if everywhere else 'does not narrow the gap at every rate'} "
-                              f"({gaps}) and test accuracy is higher than without it "
+                              f"Dropout {narrows_en} ({gaps}) and test accuracy is higher than without it "
                               f"({fmt_outcome(base['outcome'], lang)}) at "
                               f"{len(higher)} of {len(others)} rates ({tests}).",
                         f"Com {integer(base['train_samples'], lang)} exemplos de treino e sem abandono, "
                         f"a CNN chega a {pct(base['train_acc'], lang)} nos dados de treino e "
                         f"{pct(base['val_acc'], lang)} na validação (diferença de "
                         f"{fixed(base['gap'], lang)} pontos, as duas medidas do mesmo jeito). O "
-                        f"abandono {'reduz a diferença em todas as taxas testadas' if everywhere else 'não reduz a diferença em todas as taxas'} "
-                        f"({gaps}) e a acurácia de teste fica acima da obtida sem ele "
+                        f"abandono {narrows_pt} ({gaps}) e a acurácia de teste fica acima da obtida sem ele "
                         f"({fmt_outcome(base['outcome'], lang)}) em {len(higher)} de {len(others)} "
                         f"taxas ({tests})."))
     if base and base["max_drop"] is not None and others:
@@ -84,7 +86,8 @@ def describe(n: dict, lang: str) -> list[str]:
                                  if len(less) == len(rel) else
                                  f"it relies less on one unit at {len(less)} of {len(rel)} rates")
                               + f". Removing the {base['top_k']} most important together costs "
-                                f"{fixed(base['top_k_drop'], lang, 2)} points without dropout and {topk} with it.",
+                                f"{fixed(base['top_k_drop'], lang, 2)} points without dropout and "
+                                f"{topk} with it.",
                         f"Remover a unidade oculta mais importante entre as {base['units']} (zerada, em "
                         f"{integer(base['ablation_examples'], lang)} exemplos de validação) custa "
                         f"{fixed(base['max_drop'], lang, 2)} pontos de acurácia sem abandono e {listing} "
@@ -122,8 +125,10 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
         out.append((pick(lang, "With dropout the network does not rely on any one neuron",
                          "Com abandono a rede não depende de nenhum neurônio isolado"),
                     "confirmed" if less else "qualified" if some else "contradicted",
-                    pick(lang, "accuracy lost without the top unit: ", "acurácia perdida sem a melhor unidade: ")
-                    + "; ".join(f"p={num(v['p'], lang)} {fixed(v['max_drop'], lang, 2)}" for v in [base, *others])))
+                    pick(lang, "accuracy lost without the top unit: ", "acurácia perdida sem a "
+                                                                       "melhor unidade: ")
+                    + "; ".join(f"p={num(v['p'], lang)} "
+                                f"{fixed(v['max_drop'], lang, 2)}" for v in [base, *others])))
     if base["gap"] is not None:
         helps = all(v["gap"] is not None and v["gap"] < base["gap"]
                     and (v["test_acc"] or 0) > (base["test_acc"] or 0) for v in others)

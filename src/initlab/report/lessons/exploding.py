@@ -125,7 +125,8 @@ def rarity(lessons: dict[str, dict], lang: str) -> tuple[str, tuple[str, str, st
                     f"{explode} with it over 10 times larger: here explosion is "
                     + ("rarer" if rarer else "not rarer")
                     + ". It took a draw that ignores the layer size ("
-                    + (join(diverged, lang) + " diverged in lesson 2" if diverged else "none diverged in lesson 2")
+                    + (join(diverged, lang) + " diverged in lesson 2" if diverged else "none "
+                                                                                       "diverged in lesson 2")
                     + ") or a doubled variance (this lesson) to make it happen.",
                     f"A explosão é mais rara? Das {len(ratios)} execuções das lições 3 e 7 cuja "
                     f"inicialização se ajusta ao tamanho da camada (sem normalização em lote), "
@@ -133,7 +134,8 @@ def rarity(lessons: dict[str, dict], lang: str) -> tuple[str, tuple[str, str, st
                     f"o da última camada oculta e {explode} com ele mais de 10 vezes maior: aqui a "
                     f"explosão é " + ("mais rara" if rarer else "não é mais rara")
                     + ". Foi preciso um sorteio que ignora o tamanho da camada ("
-                    + (join(diverged, lang) + " divergiram na lição 2" if diverged else "nenhuma divergiu na lição 2")
+                    + (join(diverged, lang) + " divergiram na lição 2" if diverged else "nenhuma "
+                                                                                        "divergiu na lição 2")
                     + ") ou uma variância dobrada (esta lição) para provocá-la.").replace("é não é", "não é")
     verdict = (pick(lang, "Exploding gradients are rarer than vanishing ones",
                     "Gradientes explosivos são mais raros que o desaparecimento"),
@@ -146,7 +148,8 @@ def rarity(lessons: dict[str, dict], lang: str) -> tuple[str, tuple[str, str, st
 
 def table(n: dict, lang: str) -> list[str]:
     rows = [pick(lang, "| arm | gradient std at init, last hidden layer → first | growth | outcome |",
-                 "| braço | desvio do gradiente no início, última camada oculta → primeira | crescimento | resultado |"),
+                 "| braço | desvio do gradiente no início, última camada oculta → primeira | "
+                 "crescimento | resultado |"),
             "|---|---|---|---|"]
     for arm, v in n["arms"].items():
         first, last = (v["backprop"][0], v["backprop"][-1]) if v["backprop"] else (None, None)

@@ -74,13 +74,17 @@ def describe(n: dict, lang: str) -> list[str]:
     under, over, reg = arms.get("underfit"), arms.get("overfit"), arms.get("regularized")
     if under and over and under["train_acc"] is not None and over["train_acc"] is not None:
         lower = under["train_acc"] < over["train_acc"] - 5
+        learned_en = ("it has not learned even the training data" if lower
+                      else "it fits the training data as well as the large model")
+        learned_pt = ("não aprendeu nem os dados de treino" if lower
+                      else "ajusta os dados de treino tão bem quanto o modelo grande")
         out.append(pick(lang, f"Underfit (2-2-4 units): training accuracy {pct(under['train_acc'], lang)}, "
                               f"validation {pct(under['val_acc'], lang)} (gap {fixed(under['gap'], lang)} "
-                              f"points): {'it has not learned even the training data' if lower else 'it fits the training data as well as the large model'}"
+                              f"points): {learned_en}"
                               f" ({pct(over['train_acc'], lang)} for the overfit arm).",
                         f"Sub-ajuste (2-2-4 unidades): acurácia de treino {pct(under['train_acc'], lang)}, "
                         f"validação {pct(under['val_acc'], lang)} (diferença de {fixed(under['gap'], lang)} "
-                        f"pontos): {'não aprendeu nem os dados de treino' if lower else 'ajusta os dados de treino tão bem quanto o modelo grande'}"
+                        f"pontos): {learned_pt}"
                         f" ({pct(over['train_acc'], lang)} no braço de sobreajuste)."))
     if over and over["train_acc"] is not None:
         almost = over["train_acc"] >= 98
@@ -89,7 +93,8 @@ def describe(n: dict, lang: str) -> list[str]:
                               f"training accuracy {pct(over['train_acc'], lang)}"
                               f"{' (it fits its training set almost entirely)' if almost else ''}, "
                               f"validation {pct(over['val_acc'], lang)}: a gap of "
-                              f"{fixed(over['gap'], lang)} points, {'what it memorised' if wider else 'little memorised'}.",
+                              f"{fixed(over['gap'], lang)} points, "
+                              f"{'what it memorised' if wider else 'little memorised'}.",
                         f"Sobreajuste (a CNN completa com {integer(over['train_samples'], lang)} exemplos): "
                         f"acurácia de treino {pct(over['train_acc'], lang)}"
                         f"{' (acerta quase todo o conjunto de treino)' if almost else ''}, validação "
@@ -103,7 +108,8 @@ def describe(n: dict, lang: str) -> list[str]:
                               f"gap {'narrows' if narrows else 'widens'} from {fixed(over['gap'], lang)} to "
                               f"{fixed(reg['gap'], lang)} points and test accuracy "
                               f"{'rises' if gain > 0 else 'falls'} by {fixed(abs(gain), lang)} points "
-                              f"({fmt_outcome(over['outcome'], lang)} → {fmt_outcome(reg['outcome'], lang)}).",
+                              f"({fmt_outcome(over['outcome'], lang)} → "
+                              f"{fmt_outcome(reg['outcome'], lang)}).",
                         f"Regularizado (abandono, L2 e expansão de dados): treino "
                         f"{pct(reg['train_acc'], lang)}, validação {pct(reg['val_acc'], lang)}; a "
                         f"diferença {'cai' if narrows else 'aumenta'} de {fixed(over['gap'], lang)} para "
@@ -115,11 +121,13 @@ def describe(n: dict, lang: str) -> list[str]:
 
 def table(n: dict, lang: str) -> list[str]:
     rows = [pick(lang, "| arm | step | training accuracy (evaluated) | validation | gap (points) | test |",
-                 "| braço | passo | acurácia de treino (avaliada) | validação | diferença (pontos) | teste |"),
+                 "| braço | passo | acurácia de treino (avaliada) | validação | diferença (pontos) "
+                 "| teste |"),
             "|---|---|---|---|---|---|"]
     for arm, v in n["arms"].items():
         rows.append(f"| {_name(arm, lang)} | {integer(v['step'], lang)} | {pct(v['train_acc'], lang)} "
-                    f"| {pct(v['val_acc'], lang)} | {fixed(v['gap'], lang)} | {fmt_outcome(v['outcome'], lang)} |")
+                    f"| {pct(v['val_acc'], lang)} | {fixed(v['gap'], lang)} | "
+                    f"{fmt_outcome(v['outcome'], lang)} |")
     return rows
 
 
@@ -146,7 +154,8 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
         out.append((pick(lang, "A balance is needed: regularization closes the gap",
                          "É preciso equilíbrio: a regularização fecha a diferença"),
                     "confirmed" if better else "qualified",
-                    pick(lang, "gap ", "diferença ") + f"{fixed(over['gap'], lang)} → {fixed(reg['gap'], lang)}; "
+                    pick(lang, "gap ", "diferença ") + f"{fixed(over['gap'], lang)} → "
+                                                       f"{fixed(reg['gap'], lang)}; "
                     + pick(lang, "test ", "teste ") + f"{fmt_outcome(over['outcome'], lang)} → "
                     f"{fmt_outcome(reg['outcome'], lang)}"))
     return out
@@ -164,7 +173,8 @@ def draw_curves(ax, items: list[tuple[str, dict]], lang: str) -> None:
                     **{**look, "ls": "--", "mfc": "none",
                        "markevery": max(1, len(v["val_curve"]) // 10)})
     ax.set(xlabel=pick(lang, "step", "passo"), ylabel=pick(lang, "accuracy (%)", "acurácia (%)"),
-           title=pick(lang, "training (solid) vs validation (dashed)", "treino (contínua) vs validação (tracejada)"))
+           title=pick(lang, "training (solid) vs validation (dashed)", "treino (contínua) vs "
+                                                                       "validação (tracejada)"))
     legend(ax, lang, loc="lower right")
 
 

@@ -136,7 +136,8 @@ def draw(n: dict, lang: str, path) -> None:
         axes[0][1].plot(labels, [c["weight_l2"] for c in cells], label=name, **style(i))
         axes[0][2].plot(labels, [c["test_acc"] for c in cells], label=name, **style(i))
     thr = num(n["threshold"], lang)
-    axes[0][0].set(xlabel=coef, ylabel=pick(lang, f"% of weights with |w| < {thr}", f"% dos pesos com |w| < {thr}"),
+    axes[0][0].set(xlabel=coef, ylabel=pick(lang, f"% of weights with |w| < {thr}", f"% dos pesos "
+                                                                                    f"com |w| < {thr}"),
                    title=pick(lang, "near-zero weights", "pesos quase nulos"))
     axes[0][1].set(xlabel=coef, ylabel="‖W‖₂", title=pick(lang, "weight norm", "norma dos pesos"))
     axes[0][2].set(xlabel=coef, ylabel=pick(lang, "test accuracy (%)", "acurácia de teste (%)"),

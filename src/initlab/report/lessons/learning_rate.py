@@ -153,7 +153,8 @@ def describe(n: dict, lang: str) -> list[str]:
 
 def table(n: dict, lang: str) -> list[str]:
     rows = [pick(lang, "| learning rate | best validation | test accuracy | training loss first → last |",
-                 "| taxa de aprendizagem | melhor validação | acurácia de teste | perda de treino primeira → última |"),
+                 "| taxa de aprendizagem | melhor validação | acurácia de teste | perda de treino "
+                 "primeira → última |"),
             "|---|---|---|---|"]
     for lr in n["rates"]:
         r = _rate(n, lr)

@@ -87,7 +87,8 @@ def describe(n: dict, lang: str) -> list[str]:
                     f"validação: {steps}. " + ("O passo de todos diminui, inclusive o do SGD puro: "
                                                "o próprio gradiente diminui quando a perda cai."
                                                if everyone else
-                                               f"Ele só diminui para {join([NAME[k] for k in shrink], lang)}.")))
+                                               f"Ele só diminui para "
+                                               f"{join([NAME[k] for k in shrink], lang)}.")))
     sgd = best.get("sgd")
     adaptive = [k for k in ADAPTIVE if k in best]
     if sgd and adaptive:
@@ -121,11 +122,13 @@ def describe(n: dict, lang: str) -> list[str]:
         if v["test_acc"] is not None and v["best_val"] - v["test_acc"] > 3:
             out.append(pick(lang, f"{NAME[k]}'s best validation accuracy ({pct(v['best_val'], lang)}) "
                                   f"is not where it ends: its test accuracy at the end of the run is "
-                                  f"{fmt_outcome(v['outcome'], lang)}, {fixed(v['best_val'] - v['test_acc'], lang)} "
+                                  f"{fmt_outcome(v['outcome'], lang)}, "
+                                  f"{fixed(v['best_val'] - v['test_acc'], lang)} "
                                   f"points lower; its validation curve (right) swings between checks.",
                             f"A melhor acurácia de validação do {NAME[k]} ({pct(v['best_val'], lang)}) "
                             f"não é onde ele termina: a acurácia de teste no fim da execução é "
-                            f"{fmt_outcome(v['outcome'], lang)}, {fixed(v['best_val'] - v['test_acc'], lang)} "
+                            f"{fmt_outcome(v['outcome'], lang)}, "
+                            f"{fixed(v['best_val'] - v['test_acc'], lang)} "
                             f"pontos abaixo; a curva de validação (à direita) oscila entre as medições."))
     failed = {k: [r["lr"] for r in rows if r["outcome"]["status"] in ("stalled", "diverged")]
               for k, rows in n["grid"].items()}
@@ -138,13 +141,17 @@ def describe(n: dict, lang: str) -> list[str]:
 
 
 def table(n: dict, lang: str) -> list[str]:
-    rows = [pick(lang, "| optimizer | learning rate | best validation accuracy | test accuracy (the run's end) |",
-                 "| otimizador | taxa de aprendizagem | melhor acurácia de validação | acurácia de teste (fim da execução) |"),
+    rows = [pick(lang, "| optimizer | learning rate | best validation accuracy | test accuracy (the "
+                       "run's end) |",
+                 "| otimizador | taxa de aprendizagem | melhor acurácia de validação | acurácia de "
+                 "teste (fim da execução) |"),
             "|---|---|---|---|"]
     for name, grid in n["grid"].items():
         for r in grid:
-            chosen = pick(lang, " (best rate)", " (melhor taxa)") if n["best"].get(name, {}).get("lr") == r["lr"] else ""
-            rows.append(f"| {NAME.get(name, name)} | {num(r['lr'], lang)}{chosen} | {pct(r['best_val'], lang)} "
+            best = n["best"].get(name, {}).get("lr") == r["lr"]
+            chosen = pick(lang, " (best rate)", " (melhor taxa)") if best else ""
+            rows.append(f"| {NAME.get(name, name)} | {num(r['lr'], lang)}{chosen} | "
+                        f"{pct(r['best_val'], lang)} "
                         f"| {fmt_outcome(r['outcome'], lang)} |")
     return rows
 
@@ -158,7 +165,8 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
     ok = [k for k in adaptive if best[k]["step_early"] > sgd["step_early"]
           and best[k]["step_late"] < best[k]["step_early"]]
     verdict = "confirmed" if len(ok) == len(adaptive) else "qualified" if ok else "contradicted"
-    number = "; ".join(f"{NAME[k]} {num(best[k]['step_early'], lang, 2)} → {num(best[k]['step_late'], lang, 2)}"
+    number = "; ".join(f"{NAME[k]} {num(best[k]['step_early'], lang, 2)} → "
+                       f"{num(best[k]['step_late'], lang, 2)}"
                        for k in ["sgd", *adaptive])
     return [(CLAIM[lang], verdict, number)]
 

@@ -157,11 +157,13 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
         return out
     lo, hi = depths[0], depths[-1]
     plain = [c for c in n["cells"].values() if not c["bn"]]
-    falls = [c for c in plain if (_ends(c, depths)[1].get("ratio") or 0) < (_ends(c, depths)[0].get("ratio") or 0)]
+    falls = [c for c in plain
+             if (_ends(c, depths)[1].get("ratio") or 0) < (_ends(c, depths)[0].get("ratio") or 0)]
     worst = min(plain, key=lambda c: _ends(c, depths)[1].get("ratio") or 1e9, default=None)
     if worst:
         a, b = _ends(worst, depths)
-        out.append((pick(lang, "The deeper the network, the less the input-side layers feel the output's error",
+        out.append((pick(lang, "The deeper the network, the less the input-side layers feel the "
+                               "output's error",
                          "Quanto mais profunda a rede, menos as camadas da entrada sentem o erro da saída"),
                     "confirmed" if len(falls) == len(plain) else "qualified",
                     f"{_act(worst['activation'], lang)}/{worst['init']}: "
@@ -169,10 +171,12 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
                     + f"{num(a['ratio'], lang)} ({lo}) → {num(b['ratio'], lang)} ({hi})"))
         out.append((pick(lang, "In very deep networks the first weights barely change",
                          "Em redes muito profundas os primeiros pesos quase não mudam"),
-                    "confirmed" if (b.get("fc1_change") or 0) < 0.1 * (a.get("fc1_change") or 1) else "qualified",
+                    "confirmed" if (b.get("fc1_change") or 0) < 0.1 * (a.get("fc1_change") or 1)
+                    else "qualified",
                     f"{_act(worst['activation'], lang)}/{worst['init']}: "
                     + pick(lang, "first layer change ", "variação da primeira camada ")
-                    + f"{num(a.get('fc1_change'), lang, 2)} ({lo}) → {num(b.get('fc1_change'), lang, 2)} ({hi})"))
+                    + f"{num(a.get('fc1_change'), lang, 2)} ({lo}) → "
+                      f"{num(b.get('fc1_change'), lang, 2)} ({hi})"))
     both = [c for c in n["cells"].values() if c["bn"] and c["init"] == "xavier"]
     if both:
         drops = [(c, _ends(c, depths)) for c in both]

@@ -206,7 +206,8 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
         out.append((pick(lang, "Var(W) = 1/n keeps Var(Y) = Var(X), from Var(Y) = n Var(W) Var(X)",
                          "Var(W) = 1/n mantém Var(Y) = Var(X), pois Var(Y) = n Var(W) Var(X)"),
                     "confirmed" if worst < 0.15 else "contradicted",
-                    pick(lang, f"linear network, 1/n_in: Var(Y)/Var(X) {num(min(lecun['forward_ratio']), lang, 2)}"
+                    pick(lang, f"linear network, 1/n_in: Var(Y)/Var(X) "
+                               f"{num(min(lecun['forward_ratio']), lang, 2)}"
                                f" to {num(max(lecun['forward_ratio']), lang, 2)} per layer",
                          f"rede linear, 1/n_in: Var(Y)/Var(X) de {num(min(lecun['forward_ratio']), lang, 2)}"
                          f" a {num(max(lecun['forward_ratio']), lang, 2)} por camada")))
@@ -219,7 +220,8 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
                     "confirmed" if balances else "contradicted",
                     pick(lang, f"funnel widths: 1/n_in forward {num(fl['forward_total'], lang, 2)}, "
                                f"backward {num(fl['backward_total'], lang, 2)}; 2/(n_in+n_out) "
-                               f"{num(fx['forward_total'], lang, 2)} and {num(fx['backward_total'], lang, 2)}",
+                               f"{num(fx['forward_total'], lang, 2)} and "
+                               f"{num(fx['backward_total'], lang, 2)}",
                          f"larguras em funil: 1/n_in direto {num(fl['forward_total'], lang, 2)}, "
                          f"retrógrado {num(fl['backward_total'], lang, 2)}; 2/(n_in+n_out) "
                          f"{num(fx['forward_total'], lang, 2)} e {num(fx['backward_total'], lang, 2)}")))
