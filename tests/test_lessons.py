@@ -54,10 +54,11 @@ def test_a_bad_lesson_scale_names_the_allowed_ones():
         OmegaConf.to_container(cfg, resolve=True)
 
 
-def _tiny_lesson(topic, tiny_data, sweep, *extra):
+def _tiny_lesson(topic, tiny_data, sweep, *extra, train_samples=True):
     args = [sys.executable, str(ROOT / "scripts/train.py"), "-m", f"experiment=lesson/{topic}",
             f"hydra.sweep.dir={sweep}", f"data.data_dir={tiny_data}", "data.verify=false",
-            "data.sources=[local]", "data.train_samples=96", "data.eval_batch_size=100",
+            "data.sources=[local]", *(["data.train_samples=96"] if train_samples else []),
+            "data.eval_batch_size=100",
             "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.max_steps=4",
             "trainer.log_every_n_steps=1", "callbacks.update_ratio.every_n_steps=1", *extra]
     if topic not in CNN_TOPICS:
@@ -82,17 +83,22 @@ def _numbers_in(text: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scale", ["small", "full"])
 @pytest.mark.parametrize("topic", TOPICS)
-def test_every_lesson_runs_as_a_multirun_and_the_report_draws_it(topic, tiny_data, tmp_path):
+def test_every_lesson_runs_as_a_multirun_and_the_report_draws_it(topic, scale, tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
-    _tiny_lesson(topic, tiny_data, sweep)
+    # full keeps its own data.train_samples (null for most: the whole tiny training set)
+    _tiny_lesson(topic, tiny_data, sweep, f"lesson.scale={scale}", train_samples=scale == "small")
     jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()]
     results = [json.loads((job / "result.json").read_text()) for job in jobs]
     assert results and all(r["status"] in ("ok", "stalled", "diverged") for r in results), results
     lesson = _report(sweep)
     assert lesson["topic"] == topic and lesson["finished"] == lesson["runs"] == len(jobs)
-    assert (sweep / lesson["figure"]).stat().st_size > 1000
+    for figure in lesson["figures"].values():  # one per language
+        assert (sweep / figure).stat().st_size > 1000
     sentence = " ".join(lesson["sentences"])
+    portuguese = " ".join(lesson["text"]["pt-BR"]["sentences"] + lesson["text"]["pt-BR"]["table"])
+    assert not re.search(r"\d\.\d+%", portuguese), portuguese
     # every quantity was found: no None, nan or "-" placeholder where a number should be
     assert _numbers_in(sentence) and not re.search(r"None|nan|(?<![\w\[])-(?=[%,;. ]|$)", sentence), \
         sentence
