@@ -11,6 +11,7 @@ from initlab.report.lessons.common import (
     choice,
     fixed,
     fmt_outcome,
+    integer,
     legend,
     num,
     outcome,
@@ -92,11 +93,13 @@ def describe(n: dict, lang: str) -> list[str]:
             gap = best["test_acc"] - small["test_acc"]
             where = pick(lang, "below" if gap > 0 else "above", "abaixo" if gap > 0 else "acima")
             moves = _slow(small)
-            text += pick(lang, f"; the smallest, {small['lr']:g}, {fmt_outcome(small['outcome'], lang)}, "
+            text += pick(lang, f"; the smallest, {small['lr']:g}, reaches "
+                               f"{fmt_outcome(small['outcome'], lang)}, "
                                f"{fixed(abs(gap), lang)} points {where}, its loss "
                                f"{'barely moving' if moves else 'falling'} "
                                f"({num(small['first_loss'], lang)} → {num(small['last_loss'], lang)})",
-                         f"; a menor, {num(small['lr'], lang)}, {fmt_outcome(small['outcome'], lang)}, "
+                         f"; a menor, {num(small['lr'], lang)}, chega a "
+                         f"{fmt_outcome(small['outcome'], lang)}, "
                          f"{fixed(abs(gap), lang)} pontos {where}, com a perda "
                          f"{'quase parada' if moves else 'caindo'} "
                          f"({num(small['first_loss'], lang)} → {num(small['last_loss'], lang)})")
@@ -141,10 +144,11 @@ def describe(n: dict, lang: str) -> list[str]:
         if sugg:
             smaller = sugg < found["lowest"]
             factor = found["lowest"] / sugg if smaller else sugg / found["lowest"]
-            text += pick(lang, f"; Lightning suggests {num(sugg, lang)}, {num(factor, lang, 2)}x "
+            times = integer(round(factor), lang) if factor >= 100 else num(factor, lang, 2)
+            text += pick(lang, f"; Lightning suggests {num(sugg, lang)}, {times} times "
                                f"{'smaller' if smaller else 'larger'} (it takes the steepest slope of "
                                f"the loss against the rate itself, not its logarithm)",
-                         f"; o Lightning sugere {num(sugg, lang)}, {num(factor, lang, 2)} vezes "
+                         f"; o Lightning sugere {num(sugg, lang)}, {times} vezes "
                          f"{'menor' if smaller else 'maior'} (ele usa a maior inclinação da perda "
                          f"em relação à própria taxa, não ao seu logaritmo)")
         out.append(text + ".")
@@ -158,7 +162,7 @@ def table(n: dict, lang: str) -> list[str]:
             "|---|---|---|---|"]
     for lr in n["rates"]:
         r = _rate(n, lr)
-        best = " *" if lr == n.get("best_lr") else ""
+        best = pick(lang, " (best)", " (melhor)") if lr == n.get("best_lr") else ""
         val = "-" if r["best_val_acc"] is None else f"{fixed(r['best_val_acc'], lang)}%"
         rows.append(f"| {num(lr, lang)}{best} | {val} | {fmt_outcome(r['outcome'], lang)} "
                     f"| {num(r['first_loss'], lang)} → {num(r['last_loss'], lang)} |")
