@@ -77,25 +77,18 @@ def _anchor(title: str) -> str:
     return text.replace(" ", "-")
 
 
-def times_table(times: dict[str, float], lang: str) -> list[str]:
+def times_table(times: dict[str, float], lang: str, runs: dict[str, int] | None = None) -> list[str]:
     rows = [pick(lang, "| lesson | runs | wall time of the multirun |",
                  "| lição | execuções | tempo de relógio do multirun |"), "|---|---|---|"]
     total = 0.0
     for i, (topic, module) in enumerate(MODULES.items(), start=1):
         if topic in times:
             total += times[topic]
-            rows.append(f"| {i}. {module.TITLE[lang]} (`lesson/{topic}`) | {_runs(topic)} "
+            rows.append(f"| {i}. {module.TITLE[lang]} (`lesson/{topic}`) | {(runs or {}).get(topic, '-')} "
                         f"| {fixed(times[topic] / 60, lang)} min |")
     rows.append(pick(lang, f"| all twelve | | {fixed(total / 60, lang)} min |",
                      f"| as doze | | {fixed(total / 60, lang)} min |"))
     return rows
-
-
-_RUNS: dict[str, int] = {}
-
-
-def _runs(topic: str) -> str:
-    return str(_RUNS.get(topic, "-"))
 
 
 def sections(numbers: dict[str, dict], sweeps: Path, docs: Path, lang: str) -> list[str]:
@@ -127,15 +120,15 @@ def copy_figures(sweeps: Path, docs: Path, topics) -> None:
 
 def build(sweeps: Path, docs: Path) -> dict[str, dict]:
     numbers = measure_all(sweeps)
-    for topic in numbers:
-        _RUNS[topic] = len([p for p in (sweeps / topic).iterdir() if p.is_dir() and p.name.isdigit()])
+    runs = {topic: len([p for p in (sweeps / topic).iterdir() if p.is_dir() and p.name.isdigit()])
+            for topic in numbers}
     times = read_times(sweeps)
     copy_figures(sweeps, docs, numbers)
     for lang, name in DOCS.items():
         path = docs / name
         text = path.read_text()
         text = replace_block(text, "verdicts", "\n".join(verdict_table(numbers, lang)))
-        text = replace_block(text, "times", "\n".join(times_table(times, lang)))
+        text = replace_block(text, "times", "\n".join(times_table(times, lang, runs)))
         text = replace_block(text, "lessons", "\n".join(sections(numbers, sweeps, docs, lang)))
         atomic_write(path, text.encode())
     return numbers
