@@ -130,11 +130,15 @@ def describe(n: dict, lang: str) -> list[str]:
         else:
             head = pick(lang, f"After the same {num(n[str(have[0])]['time_budget'], lang)} s of fit",
                         f"Depois dos mesmos {num(n[str(have[0])]['time_budget'], lang)} s de treino")
-        steps = n[str(low)].get("steps_epochs" if budget == "epochs" else "time_steps")
+        key_steps = "steps_epochs" if budget == "epochs" else "time_steps"
+        steps = {b: n[str(b)].get(key_steps) for b in (have[0], have[-1])}
         out.append(pick(lang, f"{head}: {listing}; the highest at {integer(top, lang)}, the lowest at "
-                              f"{integer(low, lang)} ({integer(steps, lang)} steps).",
+                              f"{integer(low, lang)}; batch size {have[0]} made "
+                              f"{integer(steps[have[0]], lang)} steps, {integer(have[-1], lang)} made "
+                              f"{integer(steps[have[-1]], lang)}.",
                         f"{head}: {listing}; a maior acurácia com {integer(top, lang)}, a menor com "
-                        f"{integer(low, lang)} ({integer(steps, lang)} passos)."))
+                        f"{integer(low, lang)}; o lote de {have[0]} deu {integer(steps[have[0]], lang)} "
+                        f"passos, o de {integer(have[-1], lang)} deu {integer(steps[have[-1]], lang)}."))
     return out
 
 
