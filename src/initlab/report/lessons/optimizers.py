@@ -120,16 +120,17 @@ def describe(n: dict, lang: str) -> list[str]:
         out.append("; ".join(parts)[0].upper() + "; ".join(parts)[1:] + ".")
     for k, v in best.items():
         if v["test_acc"] is not None and v["best_val"] - v["test_acc"] > 3:
+            last = v["val"][-1][1] if v["val"] else None
             out.append(pick(lang, f"{NAME[k]}'s best validation accuracy ({pct(v['best_val'], lang)}) "
                                   f"is not where it ends: its test accuracy at the end of the run is "
                                   f"{fmt_outcome(v['outcome'], lang)}, "
                                   f"{fixed(v['best_val'] - v['test_acc'], lang)} "
-                                  f"points lower; its validation curve (right) swings between checks.",
+                                  f"points lower; its last validation check reads {pct(last, lang)} (right).",
                             f"A melhor acurácia de validação do {NAME[k]} ({pct(v['best_val'], lang)}) "
                             f"não é onde ele termina: a acurácia de teste no fim da execução é "
                             f"{fmt_outcome(v['outcome'], lang)}, "
                             f"{fixed(v['best_val'] - v['test_acc'], lang)} "
-                            f"pontos abaixo; a curva de validação (à direita) oscila entre as medições."))
+                            f"pontos abaixo; a última validação marca {pct(last, lang)} (à direita)."))
     failed = {k: [r["lr"] for r in rows if r["outcome"]["status"] in ("stalled", "diverged")]
               for k, rows in n["grid"].items()}
     failed = {k: v for k, v in failed.items() if v}

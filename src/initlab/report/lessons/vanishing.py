@@ -106,12 +106,15 @@ def describe(n: dict, lang: str) -> list[str]:
             s, x = _ends(std, depths)[1].get("ratio"), _ends(xav, depths)[1].get("ratio")
             if s and x:
                 helps = x > 10 * s
+                gone = x < 1e-3  # a thousandth of the last layer's gradient: vanished all the same
+                still_en = ", but what reaches the first layer is still vanishingly small" if gone else ""
+                still_pt = ", mas o que chega à primeira camada continua ínfimo" if gone else ""
                 out.append(pick(lang,
                                 f"Xavier {'slows' if helps else 'does not slow'} the decay for {act}: "
-                                f"{num(x, lang)} against {num(s, lang)} at depth {hi}.",
+                                f"{num(x, lang)} against {num(s, lang)} at depth {hi}{still_en}.",
                                 f"Xavier {'desacelera' if helps else 'não desacelera'} o decaimento "
                                 f"para a {_act(act, lang)}: {num(x, lang)} contra {num(s, lang)} na "
-                                f"profundidade {hi}."))
+                                f"profundidade {hi}{still_pt}."))
         if normed:
             ratios = [d["ratio"] for c in normed for d in c["depths"].values() if d["ratio"]]
             accs = [(c, _ends(c, depths)) for c in normed]
