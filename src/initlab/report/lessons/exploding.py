@@ -104,17 +104,19 @@ def rarity(lessons: dict[str, dict], lang: str) -> tuple[str, tuple[str, str, st
     """Across the sweeps of lessons 3 and 7 (inits that scale with the layer size, no batch
     norm): how many runs start with the first layer's gradient 10x smaller than the last
     hidden layer's (vanishing) and how many 10x larger (exploding). A sentence and a verdict."""
-    ratios = []
-    for cell in (lessons.get("vanishing") or {}).get("cells", {}).values():
+    ratios = {}  # run label -> first/last hidden back-propagated gradient std at init
+    for key, cell in (lessons.get("vanishing") or {}).get("cells", {}).items():
         if not cell["bn"] and cell["init"] in SCALED:
-            ratios += [d["ratio"] for d in cell["depths"].values() if d["ratio"]]
-    for cell in (lessons.get("xavier_variants") or {}).get("cells", {}).values():
+            ratios.update({f"{key}/depth={d}": v["ratio"] for d, v in cell["depths"].items() if v["ratio"]})
+    for key, cell in (lessons.get("xavier_variants") or {}).get("cells", {}).items():
         if cell["init"] in SCALED and cell["backprop"]:
-            ratios.append(cell["backprop"][0] / cell["backprop"][-1])
+            ratios[key] = cell["backprop"][0] / cell["backprop"][-1]
     if not ratios:
         return None
-    vanish = sum(r < 0.1 for r in ratios)
-    explode = sum(r > 10 for r in ratios)
+    vanish = sum(r < 0.1 for r in ratios.values())
+    exploded = [k for k, r in ratios.items() if r > 10]
+    explode = len(exploded)
+    which = f" ({', '.join(exploded)})" if exploded else ""
     naive = (lessons.get("naive_init") or {}).get("cells", {})
     diverged = [k for k, c in naive.items() if c["outcome"]["status"] == "diverged"]
     rarer = explode < vanish
@@ -122,21 +124,21 @@ def rarity(lessons: dict[str, dict], lang: str) -> tuple[str, tuple[str, str, st
                     f"Is explosion rarer? Of the {len(ratios)} runs of lessons 3 and 7 whose init "
                     f"scales with the layer size (no batch norm), {vanish} start with the first "
                     f"layer's gradient over 10 times smaller than the last hidden layer's and "
-                    f"{explode} with it over 10 times larger: here explosion is "
+                    f"{explode} with it over 10 times larger{which}: here explosion is "
                     + ("rarer" if rarer else "not rarer")
-                    + ". It took a draw that ignores the layer size ("
-                    + (join(diverged, lang) + " diverged in lesson 2" if diverged else "none "
-                                                                                       "diverged in lesson 2")
-                    + ") or a doubled variance (this lesson) to make it happen.",
+                    + ". The naive draws that ignore the layer size "
+                    + (f"diverged in lesson 2 ({join(diverged, lang)})" if diverged
+                       else "did not diverge in lesson 2")
+                    + ", and this lesson forces it with a variance doubled at every layer.",
                     f"A explosão é mais rara? Das {len(ratios)} execuções das lições 3 e 7 cuja "
                     f"inicialização se ajusta ao tamanho da camada (sem normalização em lote), "
                     f"{vanish} começam com o gradiente da primeira camada mais de 10 vezes menor que "
-                    f"o da última camada oculta e {explode} com ele mais de 10 vezes maior: aqui a "
-                    f"explosão é " + ("mais rara" if rarer else "não é mais rara")
-                    + ". Foi preciso um sorteio que ignora o tamanho da camada ("
-                    + (join(diverged, lang) + " divergiram na lição 2" if diverged else "nenhuma "
-                                                                                        "divergiu na lição 2")
-                    + ") ou uma variância dobrada (esta lição) para provocá-la.").replace("é não é", "não é")
+                    f"o da última camada oculta e {explode} com ele mais de 10 vezes maior{which}: aqui a "
+                    "explosão " + ("é mais rara" if rarer else "não é mais rara")
+                    + ". Os sorteios ingênuos, que ignoram o tamanho da camada, "
+                    + (f"divergiram na lição 2 ({join(diverged, lang)})" if diverged
+                       else "não divergiram na lição 2")
+                    + ", e esta lição provoca a explosão com uma variância dobrada a cada camada.")
     verdict = (pick(lang, "Exploding gradients are rarer than vanishing ones",
                     "Gradientes explosivos são mais raros que o desaparecimento"),
                "confirmed" if rarer else "contradicted",
