@@ -38,10 +38,12 @@ def gap_numbers(run: Run) -> dict:
     """Training accuracy (evaluated as validation is) and validation accuracy at the last step
     where both were measured, and the curves."""
     train, val = percent_curve(run, "train_eval/acc"), percent_curve(run, "val/acc")
-    common = sorted(set(s for s, _ in train) & set(s for s, _ in val))
-    step = common[-1] if common else None
-    t = dict((s, v) for s, v in train).get(step)
-    v = dict((s, v) for s, v in val).get(step)
+    # both are measured at the end of the same validation, on the same weights; Lightning logs
+    # its epoch-end val/acc one step index before the callback's global_step
+    by_step = dict((s, v) for s, v in train)
+    pairs = [(s, by_step.get(s, by_step.get(s + 1)), v) for s, v in val]
+    pairs = [p for p in pairs if p[1] is not None]
+    step, t, v = pairs[-1] if pairs else (None, None, None)
     return {"train_curve": train, "val_curve": val, "step": step, "train_acc": t, "val_acc": v,
             "gap": t - v if t is not None and v is not None else None,
             "subset": choice(run, "callbacks.train_eval.num_examples"),
@@ -151,8 +153,8 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
                     + f" {pct(over['train_acc'], lang)}"))
     if over and reg and reg["gap"] is not None:
         better = reg["gap"] < over["gap"] and (reg["test_acc"] or 0) > (over["test_acc"] or 0)
-        out.append((pick(lang, "A balance is needed: regularization closes the gap",
-                         "É preciso equilíbrio: a regularização fecha a diferença"),
+        out.append((pick(lang, "A balance is needed: regularization narrows the gap",
+                         "É preciso equilíbrio: a regularização reduz a diferença"),
                     "confirmed" if better else "qualified",
                     pick(lang, "gap ", "diferença ") + f"{fixed(over['gap'], lang)} → "
                                                        f"{fixed(reg['gap'], lang)}; "
