@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter  # noqa: E402
 
 from initlab.report.collect import Run  # noqa: E402
 from initlab.report.figures import save_figure  # noqa: E402
@@ -230,7 +230,8 @@ def decimal_comma(ax, lang: str, axes: str = "xy") -> None:
     for name in axes:
         axis = ax.xaxis if name == "x" else ax.yaxis
         scale = ax.get_xscale() if name == "x" else ax.get_yscale()
-        if scale == "linear":
+        # only the default number formatter: named ticks (bars, set labels) stay as they are
+        if scale == "linear" and type(axis.get_major_formatter()) is ScalarFormatter:
             axis.set_major_formatter(formatter)
 
 
