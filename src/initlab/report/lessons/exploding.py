@@ -187,8 +187,14 @@ def draw(n: dict, lang: str, path) -> None:
         note(axes[0][0], pick(lang, "clipping lies on the too-large line: same initial weights",
                               "o corte fica sobre a linha grande demais: mesmos pesos iniciais"))
     if big and big["status"] == "diverged":
-        note(axes[0][1], pick(lang, f"too large: loss not finite from step {big['diverged_step']}",
-                              f"grande demais: perda não finita a partir do passo {big['diverged_step']}"))
+        # the diverging loss would squeeze every other curve flat: cap the axis above the others
+        others = [v for a, v in arms.items() if a != "too_large" and v["loss"]]
+        ys = [y for v in others for _, y in v["loss"] if y > 0]
+        if ys:
+            axes[0][1].set_ylim(min(ys) / 3, 100 * max(ys))
+        note(axes[0][1], pick(lang, f"too large: off the top, not finite from step {big['diverged_step']}",
+                              f"grande demais: sai por cima, perda não finita a partir do passo "
+                              f"{big['diverged_step']}"))
     axes[0][0].set(yscale="log", xlabel=pick(lang, "hidden layer (input → output)",
                                              "camada oculta (entrada → saída)"),
                    ylabel=pick(lang, "gradient std (log scale)", "desvio do gradiente (escala log)"),

@@ -9,7 +9,6 @@ from initlab.report.lessons.common import (
     fmt_outcome,
     init_layer_stat,
     legend,
-    note,
     num,
     ordered,
     outcome,
@@ -213,10 +212,6 @@ def draw(n: dict, lang: str, path) -> None:
                 zero_seen |= v == 0
                 ys.append(floor if v == 0 else v)
             axes[1][col].plot([int(d) for d in ds], ys, label=_label(c, lang), **look)
-        if zero_seen:
-            axes[1][col].axhline(floor, color="grey", lw=0.6, ls=":")
-            note(axes[1][col], pick(lang, "on the dotted line: did not move (0)",
-                                    "na linha pontilhada: não se moveu (0)"))
         axes[0][col].set(title=pick(lang, f"{act}: gradient std first/last hidden layer, at init",
                                     f"{_act(act, lang)}: gradiente primeira/última camada, no início"),
                          xlabel=pick(lang, "depth (hidden layers)", "profundidade (camadas ocultas)"),
@@ -226,6 +221,11 @@ def draw(n: dict, lang: str, path) -> None:
                          xlabel=pick(lang, "depth (hidden layers)", "profundidade (camadas ocultas)"),
                          ylabel=pick(lang, "relative change (log scale)", "variação relativa (escala log)"),
                          yscale="log")
+        if zero_seen:  # a change of exactly 0 has no place on a log axis: drawn on a floor line
+            axes[1][col].axhline(floor, color="grey", lw=0.6, ls=":")
+            axes[1][col].set_title(axes[1][col].get_title() + pick(
+                lang, "\n(on the dotted line: did not move at all, 0)",
+                "\n(na linha pontilhada: não se moveu nada, 0)"))
         for row in range(2):
             axes[row][col].set_xticks(depths)
             legend(axes[row][col], lang, ncol=2)
