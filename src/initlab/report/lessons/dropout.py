@@ -52,8 +52,10 @@ def describe(n: dict, lang: str) -> list[str]:
     if base and others and base["gap"] is not None:
         narrower = [v for v in others if v["gap"] is not None and v["gap"] < base["gap"]]
         higher = [v for v in others if (v["test_acc"] or 0) > (base["test_acc"] or 0)]
-        gaps = join([f"p={num(v['p'], lang)} {fixed(v['gap'], lang)}" for v in others], lang)
-        tests = join([f"p={num(v['p'], lang)} {fmt_outcome(v['outcome'], lang)}" for v in others], lang)
+        at = pick(lang, "at", "com")
+        gaps = join([f"{fixed(v['gap'], lang)} {at} p={num(v['p'], lang)}" for v in others], lang)
+        tests = join([f"{fmt_outcome(v['outcome'], lang)} {at} p={num(v['p'], lang)}" for v in others],
+                     lang)
         everywhere = len(narrower) == len(others)
         narrows_en = ("narrows the gap at every rate tried" if everywhere
                       else "does not narrow the gap at every rate")
@@ -76,27 +78,34 @@ def describe(n: dict, lang: str) -> list[str]:
     if base and base["max_drop"] is not None and others:
         rel = [v for v in others if v["max_drop"] is not None]
         less = [v for v in rel if v["max_drop"] < base["max_drop"]]
-        listing = join([f"p={num(v['p'], lang)} {fixed(v['max_drop'], lang, 2)}" for v in rel], lang)
-        topk = join([f"p={num(v['p'], lang)} {fixed(v['top_k_drop'], lang, 2)}" for v in rel], lang)
+        at = pick(lang, "at", "com")
+        listing = join([f"{fixed(v['max_drop'], lang, 2)} {at} p={num(v['p'], lang)}" for v in rel], lang)
+        topk = join([f"{fixed(v['top_k_drop'], lang, 2)} {at} p={num(v['p'], lang)}" for v in rel], lang)
+        alone = base["max_drop"] < 1  # under a point: no single unit carries the network
+        alone_en = (f" Even without dropout no single unit carries the network: its most important one "
+                    f"is worth {fixed(base['max_drop'], lang, 2)} points." if alone else "")
+        alone_pt = (f" Mesmo sem abandono nenhuma unidade sozinha sustenta a rede: a mais importante vale "
+                    f"{fixed(base['max_drop'], lang, 2)} pontos." if alone else "")
         out.append(pick(lang, f"Removing the single most important of the {base['units']} hidden units "
                               f"(set to 0, on {integer(base['ablation_examples'], lang)} validation "
                               f"examples) costs {fixed(base['max_drop'], lang, 2)} points of accuracy "
-                              f"without dropout and {listing} with it: "
+                              f"without dropout and {listing}: "
                               + ("the network relies less on any one unit at every rate"
                                  if len(less) == len(rel) else
                                  f"it relies less on one unit at {len(less)} of {len(rel)} rates")
                               + f". Removing the {base['top_k']} most important together costs "
                                 f"{fixed(base['top_k_drop'], lang, 2)} points without dropout and "
-                                f"{topk} with it.",
+                                f"{topk}." + alone_en,
                         f"Remover a unidade oculta mais importante entre as {base['units']} (zerada, em "
                         f"{integer(base['ablation_examples'], lang)} exemplos de validação) custa "
                         f"{fixed(base['max_drop'], lang, 2)} pontos de acurácia sem abandono e {listing} "
-                        f"com ele: "
+                        f": "
                         + ("a rede depende menos de uma unidade isolada em todas as taxas"
                            if len(less) == len(rel) else
                            f"ela depende menos de uma unidade isolada em {len(less)} de {len(rel)} taxas")
                         + f". Remover as {base['top_k']} mais importantes juntas custa "
-                          f"{fixed(base['top_k_drop'], lang, 2)} pontos sem abandono e {topk} com ele."))
+                          f"{fixed(base['top_k_drop'], lang, 2)} pontos sem abandono e {topk}."
+                        + alone_pt))
     return out
 
 
