@@ -98,8 +98,7 @@ def describe(n: dict, lang: str) -> list[str]:
                                 f"{topk}." + alone_en,
                         f"Remover a unidade oculta mais importante entre as {base['units']} (zerada, em "
                         f"{integer(base['ablation_examples'], lang)} exemplos de validação) custa "
-                        f"{fixed(base['max_drop'], lang, 2)} pontos de acurácia sem abandono e {listing} "
-                        f": "
+                        f"{fixed(base['max_drop'], lang, 2)} pontos de acurácia sem abandono e {listing}: "
                         + ("a rede depende menos de uma unidade isolada em todas as taxas"
                            if len(less) == len(rel) else
                            f"ela depende menos de uma unidade isolada em {len(less)} de {len(rel)} taxas")
