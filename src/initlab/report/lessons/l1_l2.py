@@ -10,6 +10,7 @@ from initlab.report.lessons.common import (
     fixed,
     fmt_outcome,
     legend,
+    note,
     num,
     outcome,
     panels,
@@ -144,4 +145,7 @@ def draw(n: dict, lang: str, path) -> None:
                    title=pick(lang, "accuracy", "acurácia"))
     for ax in axes[0]:
         legend(ax, lang)
+    # both lines start at the one run without a penalty
+    note(axes[0][1], pick(lang, "at 0 both lines are the same run",
+                          "em 0 as duas linhas são a mesma execução"), y=0.1)
     save(fig, path, lang)

@@ -57,7 +57,7 @@ def measure(runs: list[Run]) -> dict:
 
 
 def _label(c: dict, lang: str) -> str:
-    return c["init"] + (pick(lang, " + batch norm", " + normalização em lote") if c["bn"] else "")
+    return c["init"] + (pick(lang, " + batch norm", " + norm. em lote") if c["bn"] else "")
 
 
 def _ends(c: dict, depths: list[int]) -> tuple[dict, dict]:
@@ -194,7 +194,7 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
 
 def draw(n: dict, lang: str, path) -> None:
     acts = ordered({c["activation"] for c in n["cells"].values()}, ACTS)
-    fig, axes = panels(len(acts), rows=2, height=3.6, width=5.2)
+    fig, axes = panels(len(acts), rows=2, height=3.8, width=5.6)
     depths = n["depths"]
     for col, act in enumerate(acts):
         mine = [c for c in n["cells"].values() if c["activation"] == act]
@@ -228,5 +228,5 @@ def draw(n: dict, lang: str, path) -> None:
                 "\n(na linha pontilhada: não se moveu nada, 0)"))
         for row in range(2):
             axes[row][col].set_xticks(depths)
-            legend(axes[row][col], lang, ncol=2)
+            legend(axes[row][col], lang)
     save(fig, path, lang)
