@@ -122,6 +122,15 @@ def _explain(xav: dict, naive: list[dict], lang: str) -> str:
                           f"a última camada oculta (fc{xav['depth']}) passa de {pct(start, lang)} "
                           f"de unidades saturadas no início para {pct(peak, lang)} no passo {step}, "
                           f"a saturação da Fig. 2 de Glorot e Bengio"))
+    elif peak is not None and peak < 0.05:
+        parts.append(pick(lang,
+                          f"none of the units of its top hidden layer (fc{xav['depth']}) saturates "
+                          f"during training and their mean activation ends at "
+                          f"{num(xav['top_mean_last'], lang, 2)}: the saturation of Glorot & Bengio's "
+                          f"Fig. 2 does not happen here",
+                          f"nenhuma unidade da última camada oculta (fc{xav['depth']}) satura durante "
+                          f"o treino, e a ativação média termina em {num(xav['top_mean_last'], lang, 2)}: "
+                          f"a saturação da Fig. 2 de Glorot e Bengio não acontece aqui"))
     elif peak is not None:
         parts.append(pick(lang,
                           f"its top hidden layer (fc{xav['depth']}) never has more than "

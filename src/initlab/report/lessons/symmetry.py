@@ -60,7 +60,18 @@ def describe(n: dict, lang: str) -> list[str]:
     if not inits:
         return [pick(lang, "No run wrote weights.json yet.", "Nenhuma execução gravou weights.json ainda.")]
     out = []
+    collapsed = _collapsed(n)
+    if len(collapsed) > 1:  # one sentence for the inits that end alike
+        units = integer(inits[collapsed[0]]["units"], lang)
+        names = join([f"`init={i}`" for i in collapsed], lang)
+        out.append(pick(lang, f"Under {names} alike, every hidden layer ends training with a single "
+                              f"distinct unit out of {units}: the layer is one unit copied {units} times.",
+                        f"Tanto com {names.replace(' e ', ' quanto com ')}, cada camada oculta termina "
+                        f"o treino com uma única unidade distinta entre {units}: a camada é uma só "
+                        f"unidade copiada {units} vezes."))
     for init, v in inits.items():
+        if len(collapsed) > 1 and init in collapsed:
+            continue
         units = integer(v["units"], lang)
         lo, hi = min(v["distinct_units"]), max(v["distinct_units"])
         if hi == 1:
