@@ -100,19 +100,21 @@ def describe(n: dict, lang: str) -> list[str]:
         lo_b, hi_b = timed[0], timed[-1]
         lo, hi = n[str(lo_b)], n[str(hi_b)]
         longer = hi["epoch_s"] > lo["epoch_s"]
+        cheap = hi["step_ms"] / lo["step_ms"] < (hi_b / lo_b) / 4  # per example, a big step is cheaper
+        far_en, far_pt = ("far less than", "bem menos que") if cheap else ("close to", "perto de")
         out.append(pick(lang,
                         f"A step of {integer(hi_b, lang)} examples costs "
                         f"{num(hi['step_ms'] / lo['step_ms'], lang, 2)}x a step of {lo_b} "
-                        f"({num(hi['step_ms'], lang)} ms against {num(lo['step_ms'], lang)} ms), far "
-                        f"less than {integer(hi_b // lo_b, lang)}x, so an epoch takes "
+                        f"({num(hi['step_ms'], lang)} ms against {num(lo['step_ms'], lang)} ms), {far_en} "
+                        f"{integer(hi_b // lo_b, lang)}x, so an epoch takes "
                         f"{num(hi['epoch_s'], lang, 2)} s at {integer(hi_b, lang)} and "
                         f"{num(lo['epoch_s'], lang, 3)} s at {lo_b} (training time, validation "
                         f"excluded). The course says larger batches take longer to train: per "
                         f"epoch these numbers say {'the same' if longer else 'the opposite'}.",
                         f"Um passo com {integer(hi_b, lang)} exemplos custa "
                         f"{num(hi['step_ms'] / lo['step_ms'], lang, 2)} vezes um passo com {lo_b} "
-                        f"({num(hi['step_ms'], lang)} ms contra {num(lo['step_ms'], lang)} ms), bem "
-                        f"menos que {integer(hi_b // lo_b, lang)} vezes; por isso uma época leva "
+                        f"({num(hi['step_ms'], lang)} ms contra {num(lo['step_ms'], lang)} ms), {far_pt} "
+                        f"{integer(hi_b // lo_b, lang)} vezes; por isso uma época leva "
                         f"{num(hi['epoch_s'], lang, 2)} s com lotes de {integer(hi_b, lang)} e "
                         f"{num(lo['epoch_s'], lang, 3)} s com lotes de {lo_b} (tempo de treino, sem "
                         f"a validação). A aula diz que lotes grandes levam mais tempo de treino: "

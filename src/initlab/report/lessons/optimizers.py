@@ -79,13 +79,15 @@ def describe(n: dict, lang: str) -> list[str]:
     everyone = len(shrink) == len(best)
     out.append(pick(lang, f"The relative step std(ΔW)/std(W) (mean of log10 over layers), first tenth "
                           f"of training → last tenth, each optimizer at its best rate by validation: "
-                          f"{steps}. " + ("Every method's step shrinks, plain SGD's too: the gradient "
-                                          "itself shrinks as the loss falls." if everyone else
+                          f"{steps}. " + ("Every method's step shrinks, plain SGD's too, which has no "
+                                          "schedule and adapts nothing: shrinking is not the adaptive "
+                                          "methods' own." if everyone else
                                           f"It shrinks for {join([NAME[k] for k in shrink], lang)} only."),
                     f"O passo relativo std(ΔW)/std(W) (média do log10 nas camadas), do primeiro "
                     f"décimo do treino ao último, com cada otimizador na sua melhor taxa pela "
-                    f"validação: {steps}. " + ("O passo de todos diminui, inclusive o do SGD puro: "
-                                               "o próprio gradiente diminui quando a perda cai."
+                    f"validação: {steps}. " + ("O passo de todos diminui, inclusive o do SGD puro, "
+                                               "que não tem agenda de taxa nem se adapta: diminuir "
+                                               "não é exclusividade dos métodos adaptativos."
                                                if everyone else
                                                f"Ele só diminui para "
                                                f"{join([NAME[k] for k in shrink], lang)}.")))
