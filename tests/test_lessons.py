@@ -87,8 +87,11 @@ def _numbers_in(text: str) -> list[str]:
 @pytest.mark.parametrize("topic", TOPICS)
 def test_every_lesson_runs_as_a_multirun_and_the_report_draws_it(topic, scale, tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
-    # full keeps its own data.train_samples (null for most: the whole tiny training set)
-    _tiny_lesson(topic, tiny_data, sweep, f"lesson.scale={scale}", train_samples=scale == "small")
+    # batch_size at full keeps its data.train_samples (null: the whole tiny training set), the
+    # case that crashed its report; the others train on 96 examples to get a validation in 4
+    # steps (and the tiny set has fewer than the 1,000 the overfit arm asks for)
+    whole = scale == "full" and topic == "batch_size"
+    _tiny_lesson(topic, tiny_data, sweep, f"lesson.scale={scale}", train_samples=not whole)
     jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()]
     results = [json.loads((job / "result.json").read_text()) for job in jobs]
     assert results and all(r["status"] in ("ok", "stalled", "diverged") for r in results), results

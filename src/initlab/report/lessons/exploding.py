@@ -116,6 +116,11 @@ def rarity(lessons: dict[str, dict], lang: str) -> tuple[str, tuple[str, str, st
     vanish = sum(r < 0.1 for r in ratios.values())
     exploded = [k for k, r in ratios.items() if r > 10]
     explode = len(exploded)
+    if lang == "pt-BR":  # the run labels in the reader's words
+        words = {"equal": "iguais", "funnel": "funil", "plain": "sem normalização",
+                 "sigmoid": "sigmoide", "depth=": "profundidade="}
+        for en, pt in words.items():
+            exploded = [k.replace(en, pt) for k in exploded]
     which = f" ({', '.join(exploded)})" if exploded else ""
     naive = (lessons.get("naive_init") or {}).get("cells", {})
     diverged = [k for k, c in naive.items() if c["outcome"]["status"] == "diverged"]

@@ -72,7 +72,8 @@ def describe(n: dict, lang: str) -> list[str]:
     best = {k: v for k, v in n["best"].items() if v["step_early"]}
     out = []
     if not best:
-        return out
+        return [pick(lang, "No run has both a validation score and step sizes yet.",
+                     "Nenhuma execução tem ainda acurácia de validação e tamanhos de passo.")]
     steps = join([f"{NAME[k]} {num(v['step_early'], lang, 2)} → {num(v['step_late'], lang, 2)}"
                   for k, v in best.items()], lang)
     shrink = [k for k, v in best.items() if v["step_late"] < v["step_early"]]
