@@ -14,6 +14,7 @@ from initlab.report.lessons.common import (
     integer_axis,
     join,
     legend,
+    note,
     num,
     outcome,
     panels,
@@ -265,9 +266,11 @@ def draw(n: dict, lang: str, path) -> None:
                 **style(i))
         ax.plot(layers, c["forward_predicted"], color=f"C{i}", ls=":", lw=2,
                 label=f"{init}: n_in Var(W)")
+    note(ax, pick(lang, "dotted: n_in Var(W), under the measured lines;\nlecun's and xavier's are both 1",
+                  "pontilhadas: n_in Var(W), sob as linhas medidas;\nas de lecun e xavier valem 1"), y=0.12)
     ax.set(title=pick(lang, "linear network: Var(Y)/Var(X) per layer",
                       "rede linear: Var(Y)/Var(X) por camada"),
-           xlabel=pick(lang, "layer", "camada"), ylabel="Var(Y)/Var(X)", ylim=(0, None))
+           xlabel=pick(lang, "layer", "camada"), ylabel="Var(Y)/Var(X)", ylim=(0, 4.2))
     ax = axes[1][2]
     for i, init in enumerate(["lecun", "xavier"]):
         c = _get(n, "funnel", "linear", init)
@@ -286,5 +289,5 @@ def draw(n: dict, lang: str, path) -> None:
     for row in axes:
         for ax in row:
             integer_axis(ax)
-            legend(ax, lang)
+            legend(ax, lang, **({"loc": "upper center", "ncol": 2} if ax is axes[0][2] else {}))
     save(fig, path, lang)
