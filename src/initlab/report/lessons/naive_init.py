@@ -46,6 +46,9 @@ def measure(runs: list[Run]) -> dict:
             back = [v for _, v in init_layer_stat(run, "backprop_std")]
             depth = len(sat)
             top = [[s, 100 * v] for s, v in run.scalars(f"activation/fc{depth}/saturated")]
+            stop = (run.result or {}).get("diverged_step")
+            if stop is not None:  # probes after the loss stopped being finite measure a broken net
+                top = [p for p in top if p[0] <= stop]
             top_mean = run.scalars(f"activation/fc{depth}/mean")
             cells[f"{act}/{init}"] = {
                 "activation": act, "init": init, "depth": depth,
