@@ -105,8 +105,9 @@ def sections(numbers: dict[str, dict], sweeps: Path, docs: Path, lang: str) -> l
         if topic == "exploding" and (extra := rarity(numbers, lang)):
             out += [extra[0], ""]
         out += text["table"] + [""]
-        out += [pick(lang, "**Verdict:** ", "**Veredito:** ") + "; ".join(
-            f"{v['claim']} — **{v['word']}** ({v['number']})" for v in text["verdicts"]) + ".", ""]
+        out += [pick(lang, "**Verdicts:**", "**Vereditos:**"), ""]
+        out += [f"- {v['claim'].rstrip('.')} — **{v['word']}** ({v['number']})." for v in text["verdicts"]]
+        out += [""]
     return out
 
 
