@@ -6,7 +6,9 @@ from initlab.monitors.callbacks import (
     UpdateRatioMonitor,
     WeightSummary,
 )
+from initlab.monitors.evaluation import TrainSubsetAccuracy, UnitAblation
 from initlab.monitors.stats import probe
 
 __all__ = ["GradNormMonitor", "GradientNoiseMonitor", "ProbeMonitor", "TrainClock",
-           "UpdateRatioMonitor", "WeightSummary", "probe"]
+           "TrainSubsetAccuracy", "UnitAblation", "UpdateRatioMonitor", "WeightSummary",
+           "probe"]
