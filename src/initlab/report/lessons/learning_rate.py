@@ -210,7 +210,8 @@ def draw(n: dict, lang: str, path) -> None:
                         va="bottom")
     ax.set(xscale="log", xlabel=pick(lang, "learning rate (SGD)", "taxa de aprendizagem (SGD)"),
            ylabel=pick(lang, "test accuracy (%)", "acurácia de teste (%)"),
-           title=pick(lang, "accuracy at the end of training", "acurácia ao fim do treino"), ylim=(0, 100))
+           title=pick(lang, "accuracy at the end of training", "acurácia ao fim do treino"), ylim=(0, 100),
+           xlim=(min(rates) / 2, max(rates) * 2))  # a diverged rate has no point: keep its note in view
     ax = axes[0][1]
     for i, lr in enumerate(rates):
         r = _rate(n, lr)
