@@ -13,8 +13,10 @@ scaled to [0, 1] and standardised with MNIST's mean and std; the default CNN (24
 ``init=default`` does, so one seed gives initlab's initial weights; Adam, one-cycle on the LR
 only (per step); the validation split evaluated after every epoch and the test set at the end.
 
-Its speed choices, each a flag:
-- ``--normalize-once`` (on): every split standardised to float once, at load, not per batch;
+Its speed choices, each a flag, each the faster of its two settings as measured (README, Speed):
+- ``--no-normalize-once`` (the default): batches standardised from the uint8 splits as they are
+  sliced; ``--normalize-once`` standardises every split to float once at load, and measured
+  1-3% slower (whole processes, 2026-12-01, 2-core CPU);
 - ``--channels-last`` (on for the CPU, off for CUDA: what measured fastest, README): the conv
   weights, and so the activations, in channels-last memory format;
 - ``--retain-freed-memory`` (on): glibc's malloc keeps freed memory, so steps reuse it instead
@@ -22,9 +24,9 @@ Its speed choices, each a flag:
 - batches sliced by index from tensors on the device, the per-epoch order moved there once;
   zero_grad(set_to_none); nothing synchronises the host inside an epoch.
 ``--no-normalize-once`` with initlab's memory format is the script with initlab's exact
-settings (bench.py's ``plain_initlab_settings``). What it leaves out is what the framework
-adds: checkpoints, TensorBoard, monitors, corrupted test sets, progress lines, config
-composition.
+settings (bench.py's ``plain_initlab_settings``; today the same as the fastest). What it
+leaves out is what the framework adds: checkpoints, TensorBoard, monitors, corrupted test sets,
+progress lines, config composition.
 
 Prints the test accuracy and where the time went; ``--json PATH`` writes the same as
 ``{"test_acc", "settings", "fit_page_faults", "phases_s": {startup, data_load, build,
@@ -148,8 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the data, the model and every step live")
-    parser.add_argument("--normalize-once", action=argparse.BooleanOptionalAction, default=True,
-                        help="standardise every split once at load (--no-...: per batch, as initlab)")
+    parser.add_argument("--normalize-once", action=argparse.BooleanOptionalAction, default=False,
+                        help="standardise every split once at load (default: per batch, as "
+                        "initlab; measured faster)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels-last conv weights (default: on for cpu, off for cuda)")
     parser.add_argument("--json", type=Path, default=None)
