@@ -699,6 +699,37 @@ def print_whole(result: dict) -> None:
           f"{s['floor']:.2f} s: goal first step <= 2x that")
 
 
+def case_formats(args, data_dir: Path, out: Path) -> dict:
+    """The default CNN's memory formats, paired: two raw loops from the same initial weights,
+    one channels-first and one channels-last, alternating 20-step segments (order swapped every
+    segment) at the speedrun's batch (256) and the default's (128). ``channels_last_vs_first``:
+    the channels-last loop's seconds over the channels-first loop's, per batch size: what
+    ``channels_last=auto`` is chosen by."""
+    cfg = compose_cfg(*training_overrides(data_dir, 1, out, args.quick, args.device))
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    images, labels = (t.to(args.device) for t in datamodule.splits["train"])
+    segments, steps = (4, 5) if args.quick else (20, 20)
+    result = {"ratios": {}, "seconds": {}}
+    for batch_size in (256, 128):
+        torch.manual_seed(cfg.seed)
+        base = instantiate(cfg.model).to(args.device)
+        loops = {}
+        for name, memory_format in (("first", torch.contiguous_format),
+                                    ("last", torch.channels_last)):
+            model = copy.deepcopy(base).to(memory_format=memory_format)
+            loops[name] = RawSteps(model, instantiate(cfg.optim)(model.parameters()), images,
+                                   labels, batch_size, cfg.seed)
+            loops[name](2)  # warm-up
+        seconds = {"first": 0.0, "last": 0.0}
+        for segment in range(segments):
+            for name in ("first", "last") if segment % 2 == 0 else ("last", "first"):
+                seconds[name] += loops[name](steps)
+        result["seconds"].update({f"batch{batch_size}_channels_{n}": v for n, v in seconds.items()})
+        result["ratios"][f"batch{batch_size}_channels_last_vs_first"] = seconds["last"] / seconds["first"]
+    return result
+
+
 def case_compile(args, data_dir: Path, out: Path) -> dict:
     """torch.compile (opt-in ``compile=true``) against eager, after the compile warm-up."""
     steps = 20 if args.quick else 200
@@ -811,7 +842,8 @@ def case_shapeset(args, data_dir: Path, out: Path) -> dict:
 
 CASES = {"framework": case_framework_and_monitors, "data": case_data,
          "speedrun": case_speedrun, "startup": case_startup, "compile": case_compile,
-         "jacobian": case_jacobian, "whole": case_whole, "shapeset": case_shapeset}
+         "jacobian": case_jacobian, "whole": case_whole, "shapeset": case_shapeset,
+         "formats": case_formats}
 DEFAULT_CASES = ["framework", "data", "speedrun", "startup", "jacobian"]
 TARGETS = {"framework": ("<=", 1.05), "monitors_default": ("<=", 1.05),
            "augmented_vs_per_image": (">=", 20.0), "speedrun_time": ("<=", 1.2),

@@ -39,6 +39,9 @@ def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
     assert [r["seed"] for r in saved["speedrun"]["runs"]] == [0, 1]
     assert saved["startup"]["seconds"]["startup"] > 0
     assert results["compile"]["ratios"]["compile"] > 0
+    assert set(saved["formats"]["ratios"]) == {"batch256_channels_last_vs_first",
+                                               "batch128_channels_last_vs_first"}
+    assert all(v > 0 for v in saved["formats"]["seconds"].values())
     assert saved["speedrun"]["training_s"] > 0 and "mean_acc >= 0.99" in saved["speedrun"]["goals"]
     assert saved["machine"]["device"] == "cpu" and saved["machine"]["torch"] == torch.__version__
     assert "bench" in sys.modules
