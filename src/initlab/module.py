@@ -61,6 +61,7 @@ class Classifier(L.LightningModule):
         self._epoch_sums: tuple[torch.Tensor, torch.Tensor] | None = None  # correct, loss x n
         self._epoch_examples = 0
         self._pending_cuda_rng: torch.Tensor | None = None  # from a checkpoint, set at fit start
+        self.channels_last = False  # the memory format in effect: train.build decides it
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
