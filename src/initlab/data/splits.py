@@ -18,6 +18,27 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div_(255)
 
 
+def example_order(n: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0,
+                  world_size: int = 1) -> torch.Tensor:
+    """The order in which a rank sees the ``n`` examples in ``epoch`` of the run ``seed``
+    (consecutive slices of it are the batches): a permutation drawn from the (seed, epoch)
+    stream, or split order without ``shuffle``. Under DDP each rank takes every
+    ``world_size``-th position. The data modules and the bench's hand-written loops both
+    batch by it, so they train on the same batches."""
+    if shuffle:
+        gen = torch.Generator().manual_seed(stream_seed(seed, DATA_ORDER, epoch))
+        order = torch.randperm(n, generator=gen)
+    else:
+        order = torch.arange(n)
+    if world_size > 1:
+        # Same permutation on every rank, disjoint shards; shuffled shards have equal
+        # length so every rank runs the same number of steps.
+        if shuffle:
+            order = order[: n - n % world_size]
+        order = order[rank::world_size]
+    return order
+
+
 class Batches:
     """Iterates ``(x, y)`` batches sliced from in-memory tensors.
 
@@ -42,19 +63,8 @@ class Batches:
         self.epoch, self.on_epoch, self.resume_at = epoch, on_epoch, resume_at
 
     def _indices(self) -> torch.Tensor:
-        n = len(self.labels)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(stream_seed(self.seed, DATA_ORDER, self.epoch()))
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
-        if self.world_size > 1:
-            # Same permutation on every rank, disjoint shards; shuffled shards have equal
-            # length so every rank runs the same number of steps.
-            if self.shuffle:
-                order = order[: n - n % self.world_size]
-            order = order[self.rank:: self.world_size]
-        return order.to(self.labels.device)
+        return example_order(len(self.labels), self.seed, self.epoch(), self.shuffle,
+                             self.rank, self.world_size).to(self.labels.device)
 
     def __len__(self) -> int:
         n = len(self.labels)
