@@ -1,25 +1,37 @@
-"""scripts/bench.py --quick runs every case end to end (no timing assertions)."""
+"""The bench (initlab.bench, scripts/bench.py): every case runs end to end in its quick mode (no
+timing assertions), the raw loops train exactly what the fits train, in the data module's batch
+order, and the pairing statistics match their definitions."""
 
 from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from initlab.bench import Settings, pairing, run
+from initlab.bench.baselines import RawSteps
+from initlab.bench.cases import CASES, speedrun
+from initlab.bench.cases.whole import BREAKDOWN, plain_args
+from initlab.bench.common import compose_cfg, synthetic_mnist, training_overrides
+from initlab.bench.timing import median_and_spread, summarize
+from initlab.data import MNISTDataModule
+from initlab.data.mnist import to_unit
 from tests.helpers import ROOT
 
+QUICK = Settings(quick=True, rounds=1)  # what scripts/bench.py --quick runs with
 
-def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
+
+def test_bench_quick_runs_every_case(tmp_path):
     """Every in-process case and startup (whole processes: the next test)."""
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import bench
-
     out = tmp_path / "bench.json"
-    cases = sorted(set(bench.CASES) - {"whole"})
-    results = bench.main(["--quick", "--out", str(out), "--cases", *cases])
+    cases = sorted(set(CASES) - {"whole"})
+    results = run(cases, QUICK, out)
     saved = json.loads(out.read_text())
     assert set(saved) == set(cases) | {"machine"}
     labels = {"framework", "lightning_alone", "lightning_barebones", "initlab_vs_lightning",
@@ -28,9 +40,7 @@ def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
     framework = saved["framework"]
     assert framework["ratios"]["initlab_vs_lightning"] == pytest.approx(
         framework["ratios"]["framework"] / framework["ratios"]["lightning_alone"])
-    for label in labels:
-        low, high = framework["interval"][label]
-        assert low <= high and framework["spread"][label] >= 0
+    assert set(framework["interval"]) == set(framework["spread"]) == labels
     assert all(len(ratios) == 1 for ratios in framework["per_fit"].values())
     assert set(framework["max_weight_diff"]) == {"initlab", "monitors_default",
                                                  "monitors_glorot", "lightning", "barebones"}
@@ -44,17 +54,13 @@ def test_bench_quick_runs_every_case(tmp_path, monkeypatch):
     assert all(v > 0 for v in saved["formats"]["seconds"].values())
     assert saved["speedrun"]["training_s"] > 0 and "mean_acc >= 0.99" in saved["speedrun"]["goals"]
     assert saved["machine"]["device"] == "cpu" and saved["machine"]["torch"] == torch.__version__
-    assert "bench" in sys.modules
 
 
-def test_bench_quick_whole_processes(tmp_path, monkeypatch, capsys):
+def test_bench_quick_whole_processes(tmp_path, capsys):
     """The whole-process case on tiny synthetic data: both commands and the plain reference ran
     as processes, and it reports the ratios, each run's breakdown and the startup figure."""
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import bench
-
     out = tmp_path / "bench.json"
-    bench.main(["--quick", "--out", str(out), "--cases", "whole"])
+    run(["whole"], QUICK, out)
     whole = json.loads(out.read_text())["whole"]
     per_command = {f"{kind}{name}{suffix}" for name in ("speedrun", "default")
                    for kind, suffix in (("whole_", ""), ("whole_", "_vs_initlab_settings"),
@@ -72,9 +78,9 @@ def test_bench_quick_whole_processes(tmp_path, monkeypatch, capsys):
     assert "--betas 0.7 0.9 --pct-start 0.1 --seed 0" in whole["plain_commands"]["speedrun"][0]
     # the speedrun has no monitors or corrupted test sets, the default command both; 6 steps
     # end inside the first epoch, and a fit stopped there ends with one validation
-    assert set(whole["breakdown"]["speedrun"]["initlab"]) == set(bench.BREAKDOWN) - {
+    assert set(whole["breakdown"]["speedrun"]["initlab"]) == set(BREAKDOWN) - {
         "probe", "robustness"}
-    assert set(whole["breakdown"]["default"]["initlab"]) == set(bench.BREAKDOWN)
+    assert set(whole["breakdown"]["default"]["initlab"]) == set(BREAKDOWN)
     assert list(whole["goals"]) == ["speedrun mean test accuracy >= 0.99 over seeds 0-0"]
     for name in ("speedrun", "default"):
         initlab, plain = whole["breakdown"][name]["initlab"], whole["breakdown"][name]["plain"]
@@ -95,14 +101,18 @@ def test_bench_quick_whole_processes(tmp_path, monkeypatch, capsys):
 def test_plain_reference_trains_the_same_in_its_fastest_and_initlab_settings(tiny_data,
                                                                              tmp_path):
     """Where the inputs are standardised and the memory format change speed, not what is
-    learned."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import plain_train
+    learned. The plain reference is a standalone script: run as one."""
+    def plain_train(*args: str) -> dict:
+        out = tmp_path / f"plain-{len(list(tmp_path.glob('plain-*')))}.json"
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plain_train.py"), *args,
+                               "--json", str(out)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(out.read_text())
 
     common = ["--data-dir", str(tiny_data), "--epochs", "1", "--batch-size", "32",
               "--channels", "4", "8", "--hidden", "16"]
-    fastest = plain_train.main(common)
-    other = plain_train.main([*common, "--normalize-once", "--no-channels-last"])
+    fastest = plain_train(*common)
+    other = plain_train(*common, "--normalize-once", "--no-channels-last")
     assert not fastest["settings"]["normalize_once"] and fastest["settings"]["channels_last"]
     assert other["settings"]["normalize_once"] and not other["settings"]["channels_last"]
     assert fastest["test_acc"] == pytest.approx(other["test_acc"], abs=1 / 200 + 1e-9)
@@ -110,25 +120,21 @@ def test_plain_reference_trains_the_same_in_its_fastest_and_initlab_settings(tin
 
 
 def test_plain_reference_refuses_a_recipe_it_does_not_reproduce():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import bench
-
     with pytest.raises(ValueError, match="optim._target_"):
-        bench.plain_args(bench.compose_cfg("optim=sgd"), ROOT / "data")
+        plain_args(compose_cfg("optim=sgd"), ROOT / "data")
     with pytest.raises(ValueError, match="augment"):
-        bench.plain_args(bench.compose_cfg("augment=noise"), ROOT / "data")
-    assert "--lr" in bench.plain_args(bench.compose_cfg("experiment=speedrun"), ROOT / "data")
+        plain_args(compose_cfg("augment=noise"), ROOT / "data")
+    assert "--lr" in plain_args(compose_cfg("experiment=speedrun"), ROOT / "data")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
-def test_bench_on_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import bench
-
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--quick", "--device", "cuda", "--out", str(tmp_path / "bench.json")])
-    assert exit_info.value.code == 2
-    assert "--device cuda: torch" in capsys.readouterr().err
+def test_bench_on_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    """The command line refuses before any case runs."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick",
+                           "--device", "cuda", "--out", str(tmp_path / "bench.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert "--device cuda: torch" in proc.stderr and "[bench]" not in proc.stdout
     assert not (tmp_path / "bench.json").exists()
 
 
@@ -138,30 +144,25 @@ def test_paired_fit_times_every_step_once(tmp_path, monkeypatch, every, minimal)
     """The framework case's interleaving: every training step of the fit falls in exactly one
     timed segment, and the raw loop trains as many steps as the fit did, segment by segment,
     whether or not the cadence divides the step count."""
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    from hydra.utils import instantiate
-
-    import bench
-
-    data_dir = bench.synthetic_mnist(tmp_path / "data", 3000, 100)  # 22 batches of 128
-    cfg = bench.compose_cfg(*bench.training_overrides(data_dir, 20, tmp_path / "out", quick=True),
-                            "callbacks=none")
+    data_dir = synthetic_mnist(tmp_path / "data", 3000, 100)  # 22 batches of 128
+    cfg = compose_cfg(*training_overrides(data_dir, 20, tmp_path / "out", quick=True),
+                      "callbacks=none")
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     images, labels = datamodule.splits["train"]
     raw_loops = []
-    monkeypatch.setattr(bench, "RawSteps", _recording(bench.RawSteps, raw_loops))
-    fit = bench.paired_fit(cfg, datamodule, images, labels, every, minimal=minimal)
+    monkeypatch.setattr(pairing, "RawSteps", _recording(RawSteps, raw_loops))
+    fit = pairing.paired_fit(cfg, datamodule, images, labels, every, minimal=minimal)
     expected = [every] * (20 // every) + ([20 % every] if 20 % every else [])
     assert fit["steps"] == expected and [r.done for r in raw_loops] == [20]
     assert len(fit["fit_s"]) == len(fit["raw_s"]) == len(expected)
     assert all(t > 0 for t in fit["fit_s"] + fit["raw_s"]) and fit["outside_s"] > 0
-    assert bench.paired_ratio([fit]) == pytest.approx(
+    assert pairing.paired_ratio([fit]) == pytest.approx(
         (sum(fit["fit_s"]) + fit["outside_s"]) / sum(fit["raw_s"]))
 
 
 def _recording(raw_steps, instances: list):
-    """``bench.RawSteps``, with every raw loop it makes appended to ``instances``, holding a
+    """``RawSteps``, with every raw loop it makes appended to ``instances``, holding a
     copy of its model's weights as it got them (``initial_weights``)."""
     def make(*args, **kwargs):
         instances.append(raw_steps(*args, **kwargs))
@@ -179,20 +180,15 @@ def test_paired_raw_loop_trains_exactly_what_the_fit_trains(tmp_path, monkeypatc
     initial weights and takes the same batches in the same order, so after 20 steps (not a
     multiple of the 7-step pairing) both models hold the same weights, moved from where they
     started; a raw loop given another data order ends elsewhere (the check can fail)."""
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    from hydra.utils import instantiate
-
-    import bench
-
-    data_dir = bench.synthetic_mnist(tmp_path / "data", 3000, 100)
-    cfg = bench.compose_cfg(*bench.training_overrides(data_dir, 20, tmp_path / "out", quick=True),
-                            f"callbacks={callbacks}")
+    data_dir = synthetic_mnist(tmp_path / "data", 3000, 100)
+    cfg = compose_cfg(*training_overrides(data_dir, 20, tmp_path / "out", quick=True),
+                      f"callbacks={callbacks}")
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     images, labels = datamodule.splits["train"]
-    raw_steps, raw_loops = bench.RawSteps, []
-    monkeypatch.setattr(bench, "RawSteps", _recording(raw_steps, raw_loops))
-    fit = bench.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal,
+    raw_loops = []
+    monkeypatch.setattr(pairing, "RawSteps", _recording(RawSteps, raw_loops))
+    fit = pairing.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal,
                            barebones=barebones)
     assert fit["max_weight_diff"] < 1e-6
     assert fit["trainer"].barebones == barebones
@@ -201,10 +197,10 @@ def test_paired_raw_loop_trains_exactly_what_the_fit_trains(tmp_path, monkeypatc
                for name, initial in raw_loops[0].initial_weights.items()) > 1e-3  # it trained
 
     def shuffled_raw_steps(model, optimizer, images, labels, batch_size, seed, scheduler=None):
-        return raw_steps(model, optimizer, images, labels, batch_size, seed + 1, scheduler)
+        return RawSteps(model, optimizer, images, labels, batch_size, seed + 1, scheduler)
 
-    monkeypatch.setattr(bench, "RawSteps", shuffled_raw_steps)
-    other = bench.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal,
+    monkeypatch.setattr(pairing, "RawSteps", shuffled_raw_steps)
+    other = pairing.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal,
                              barebones=barebones)
     assert other["max_weight_diff"] > 1e-4
 
@@ -214,26 +210,81 @@ def test_speedrun_case_trains_each_seed_with_its_own_data_order(tmp_path, monkey
     own seed, and each seed's raw loop trains exactly what its fit trains: the same weights
     after 40 steps (two epochs of 22 batches: the second epoch's order, and the one-cycle
     schedule, included); without the schedule the raw loop ends elsewhere."""
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import bench
-
     seen = []
-    fit = bench.paired_fit
+    fit = pairing.paired_fit
 
     def recording_fit(cfg, datamodule, *args, **kwargs):
         seen.append((cfg.seed, datamodule.seed, id(datamodule.splits["train"][0])))
         return fit(cfg, datamodule, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "paired_fit", recording_fit)
-    speedrun = bench.main(["--quick", "--cases", "speedrun", "--out",
-                           str(tmp_path / "bench.json")])["speedrun"]
+    monkeypatch.setattr(speedrun, "paired_fit", recording_fit)
+    figures = run(["speedrun"], QUICK, tmp_path / "bench.json")["speedrun"]
     assert [(cfg_seed, data_seed) for cfg_seed, data_seed, _ in seen] == [(0, 0), (1, 1)]
     assert seen[0][2] == seen[1][2]  # the same tensors: read once
-    assert [r["max_weight_diff"] < 1e-6 for r in speedrun["runs"]] == [True, True]
-    assert [r["raw_acc"] for r in speedrun["runs"]] == pytest.approx(
-        [r["initlab_acc"] for r in speedrun["runs"]], abs=1e-6)
+    assert [r["max_weight_diff"] < 1e-6 for r in figures["runs"]] == [True, True]
+    assert [r["raw_acc"] for r in figures["runs"]] == pytest.approx(
+        [r["initlab_acc"] for r in figures["runs"]], abs=1e-6)
 
-    monkeypatch.setattr(bench, "build_scheduler", lambda *args, **kwargs: None)
-    unscheduled = bench.main(["--quick", "--cases", "speedrun", "--seeds", "1", "--out",
-                              str(tmp_path / "bench.json")])["speedrun"]
+    monkeypatch.setattr(pairing, "build_scheduler", lambda *args, **kwargs: None)
+    unscheduled = run(["speedrun"], Settings(quick=True, rounds=1, seeds=1),
+                      tmp_path / "bench.json")["speedrun"]
     assert unscheduled["runs"][0]["max_weight_diff"] > 1e-4
+
+
+@pytest.mark.parametrize("batch_size", [50, 128])  # 550 training examples: 50 divides, 128 not
+def test_raw_loop_takes_the_data_modules_batches_in_its_order(tiny_data, batch_size):
+    """The raw loop and the data module's training loader batch by one order: over two epochs
+    (the second its own permutation), step k of the raw loop holds exactly the examples of the
+    loader's k-th batch, the last, short batch included; another seed's order differs."""
+    datamodule = MNISTDataModule(data_dir=str(tiny_data), verify=False, sources=["local"],
+                                 batch_size=batch_size, seed=3)
+    datamodule.setup()
+    images, labels = datamodule.splits["train"]
+    raw = RawSteps(None, None, images, labels, batch_size, seed=3)  # batches only: no training
+    loader = datamodule.train_dataloader()
+    assert len(loader) == raw.per_epoch == -(-len(labels) // batch_size)
+    for epoch in (0, 1):
+        loader.epoch = lambda epoch=epoch: epoch  # what the trainer's current epoch gives it
+        for k, (x, y) in enumerate(loader):
+            idx = raw.batch_indices(epoch * raw.per_epoch + k)
+            assert torch.equal(x, datamodule.standardize(to_unit(images[idx])))
+            assert torch.equal(y, labels[idx])
+    assert len(idx) == len(labels) - (raw.per_epoch - 1) * batch_size  # the last batch
+    assert not torch.equal(raw.batch_indices(0), raw.batch_indices(raw.per_epoch))
+    other_seed = RawSteps(None, None, images, labels, batch_size, seed=4)
+    assert not torch.equal(other_seed.batch_indices(0), raw.batch_indices(0))
+
+
+def test_paired_statistics_follow_their_definitions():
+    """The paired ratio is (fit seconds + seconds outside the segments) / raw seconds over all
+    fits; a bootstrap resamples (fit, raw) pairs together, keeping the outside seconds."""
+    fits = [{"fit_s": [1.0, 2.0], "raw_s": [1.0, 1.0], "outside_s": 1.0},
+            {"fit_s": [3.0], "raw_s": [2.0], "outside_s": 0.5}]
+    assert pairing.paired_ratio(fits) == pytest.approx((1 + 2 + 1 + 3 + 0.5) / (1 + 1 + 2))
+    # pairs whose fit takes as long as its raw segment: every resampling of whole pairs gives
+    # exactly 1, however unequal the pairs (resampling fit and raw apart would not)
+    equal = pairing.bootstrap_ratios([{"fit_s": [1.0, 10.0], "raw_s": [1.0, 10.0],
+                                       "outside_s": 0.0}])
+    assert equal.shape == (2000,) and np.all(equal == 1.0)
+    # four pairs of 3 s fit and 1 s raw, 2 s outside: (4 * 3 + 2) / (4 * 1), whatever is drawn
+    assert np.allclose(pairing.bootstrap_ratios(
+        [{"fit_s": [3.0] * 4, "raw_s": [1.0] * 4, "outside_s": 2.0}]), (4 * 3 + 2) / 4)
+    # fit segments of 1 s and 3 s against 1 s raw: a resample of two pairs is 1, 2 or 3 with
+    # probabilities 1/4, 1/2, 1/4, so its 2.5% and 97.5% quantiles are 1 and 3
+    mixed = pairing.bootstrap_ratios([{"fit_s": [1.0, 3.0], "raw_s": [1.0, 1.0],
+                                       "outside_s": 0.0}])
+    assert set(np.unique(mixed)) == {1.0, 2.0, 3.0}
+    assert abs(np.mean(mixed == 2.0) - 0.5) < 0.05
+    assert pairing.interval95(mixed) == [1.0, 3.0]
+    # numpy's linear quantiles of 0..1000: the 25th and 975th values
+    assert pairing.interval95(np.arange(1001.0)) == [25.0, 975.0]
+
+
+def test_medians_spreads_and_ratios_of_interleaved_rounds():
+    """Spread is max/min - 1; a ratio is of the variants' medians."""
+    assert median_and_spread([2.0, 1.0, 4.0]) == (2.0, 4.0 / 1.0 - 1)
+    summary = summarize({"a": [2.0, 6.0, 3.0], "b": [1.0, 1.5, 1.2]}, 10, {"a_vs_b": ("a", "b")})
+    assert summary["seconds"] == {"a": 3.0, "b": 1.2}
+    assert summary["spread"] == pytest.approx({"a": 2.0, "b": 0.5})
+    assert summary["ratios"]["a_vs_b"] == pytest.approx(3.0 / 1.2)
+    assert summary["steps"] == 10

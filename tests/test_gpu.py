@@ -187,16 +187,16 @@ def test_resume_on_cuda_ends_like_an_uninterrupted_run(make_cfg, tmp_path, monke
 
 
 @pytest.mark.slow
-def test_bench_quick_on_cuda_writes_gpu_figures(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import bench
+def test_bench_quick_on_cuda_writes_gpu_figures(tmp_path):
+    from initlab.bench import Settings, run
+    from initlab.bench.cases import DEFAULT_CASES
 
     out = tmp_path / "bench.json"
-    bench.main(["--quick", "--device", "cuda", "--out", str(out)])
+    run(DEFAULT_CASES, Settings(quick=True, rounds=1, device="cuda"), out)
     saved = json.loads(out.read_text())
     machine = saved["machine"]
     assert machine["device"] == "cuda" and machine["torch"] == torch.__version__
     assert machine["gpu"] == torch.cuda.get_device_name(0) and machine["driver"]
-    assert set(saved) == set(bench.DEFAULT_CASES) | {"machine"}
+    assert set(saved) == set(DEFAULT_CASES) | {"machine"}
     assert saved["speedrun"]["training_s"] > 0
     assert "training_s <= 2" in saved["speedrun"]["goals"]

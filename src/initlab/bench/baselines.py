@@ -1,0 +1,88 @@
+"""What initlab is measured against: a hand-written training loop, and the least a
+LightningModule does (to tell what Lightning adds from what initlab adds)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from initlab.bench.timing import sync
+from initlab.data.mnist import MEAN, STD
+from initlab.data.splits import example_order
+
+
+class RawSteps:
+    """The hand-written baseline, resumable: slice, scale, forward, backward, step (and the LR
+    schedule's step, if given). Each call trains the next ``steps`` batches, in the data
+    module's order for the run ``seed`` (:func:`~initlab.data.splits.example_order`). Returns
+    the seconds it took."""
+
+    def __init__(self, model: torch.nn.Module, optimizer, images, labels, batch_size: int,
+                 seed: int, scheduler=None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.images, self.labels = images, labels
+        self.batch_size, self.seed = batch_size, seed
+        self.per_epoch = -(-len(labels) // batch_size)
+        self.done = 0
+        self._epoch, self._batches = -1, []
+
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """The examples of training step ``step`` (counted from 0 over all epochs)."""
+        epoch = step // self.per_epoch
+        if epoch != self._epoch:
+            order = example_order(len(self.labels), self.seed, epoch)
+            self._epoch, self._batches = epoch, order.to(self.images.device).split(self.batch_size)
+        return self._batches[step % self.per_epoch]
+
+    def __call__(self, steps: int) -> float:
+        self.model.train()
+        sync(self.images.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            idx = self.batch_indices(self.done)
+            self.done += 1
+            x = (self.images[idx].unsqueeze(1).float().div_(255) - MEAN) / STD
+            loss = F.cross_entropy(self.model(x), self.labels[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+        sync(self.images.device)
+        return time.perf_counter() - start
+
+
+class MinimalModule(L.LightningModule):
+    """The least a LightningModule does: forward, cross-entropy, the optimizer. Trained by
+    Lightning's loop like initlab's, it measures what Lightning itself adds to a raw loop."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: Callable):
+        super().__init__()
+        self.model, self.optimizer_factory = model, optimizer
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.model.parameters())
+
+
+def build_minimal(cfg, callbacks: list[L.Callback],
+                  barebones: bool = False) -> tuple[L.LightningModule, L.Trainer]:
+    """:class:`MinimalModule` with the model and optimizer of ``cfg``, on a Trainer of the same
+    trainer settings, without initlab's callbacks, logger or checkpoints; ``barebones``: in
+    Lightning's barebones mode (no logging machinery, progress bar, model summary or profiler:
+    Lightning's loop with what may slow it turned off)."""
+    torch.manual_seed(cfg.seed)
+    module = MinimalModule(instantiate(cfg.model), instantiate(cfg.optim))
+    bare = {"barebones": True, "enable_progress_bar": False, "enable_model_summary": False,
+            "log_every_n_steps": 0, "num_sanity_val_steps": 0} if barebones else {}
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False,
+                          enable_checkpointing=False, default_root_dir=str(cfg.output_dir), **bare)
+    return module, trainer
