@@ -14,6 +14,8 @@ import lightning as L
 import pytest
 import torch
 
+from initlab import bench
+from initlab.bench.cases import DEFAULT_CASES
 from initlab.train import build, run
 from tests.helpers import (
     CORRUPT_KEYS,
@@ -188,11 +190,8 @@ def test_resume_on_cuda_ends_like_an_uninterrupted_run(make_cfg, tmp_path, monke
 
 @pytest.mark.slow
 def test_bench_quick_on_cuda_writes_gpu_figures(tmp_path):
-    from initlab.bench import Settings, run
-    from initlab.bench.cases import DEFAULT_CASES
-
     out = tmp_path / "bench.json"
-    run(DEFAULT_CASES, Settings(quick=True, rounds=1, device="cuda"), out)
+    bench.run(DEFAULT_CASES, bench.Settings(quick=True, rounds=1, device="cuda"), out)
     saved = json.loads(out.read_text())
     machine = saved["machine"]
     assert machine["device"] == "cuda" and machine["torch"] == torch.__version__
