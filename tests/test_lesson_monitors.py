@@ -17,7 +17,7 @@ from torch import nn
 
 from initlab.data.mnist import MEAN, STD
 from initlab.monitors import GradientNoiseMonitor, WeightSummary
-from initlab.monitors.callbacks import DISTINCT_CHUNK, count_distinct_rows
+from initlab.monitors.evaluation import DISTINCT_CHUNK, count_distinct_rows
 from initlab.train import ConfigError, build, run
 from initlab.utils import weight_layers
 

@@ -21,6 +21,9 @@ from initlab.monitors.stats import (
     QUANTILE_SAMPLE,
     JacobianConfig,
     _capture,
+    _histogram_on_device,
+    _histogram_on_host,
+    _quantile_by_selection,
     finite_quantile,
     histogram,
     jacobian_sv,
@@ -105,14 +108,47 @@ def test_an_empty_histogram_is_skipped(tmp_path):
     assert read_events(tmp_path).Tags()["histograms"] == ["hist/some"]
 
 
-def test_histogram_bins_every_value():
-    t = torch.randn(50, 8, 7, 7) * 3 + 1
-    lo, hi, num, total, squares, *counts = histogram(t, bins=64).tolist()
-    flat = t.flatten().double().numpy()
-    expected, _ = np.histogram(flat, bins=np.linspace(flat.min(), flat.max(), 65))
-    assert (lo, hi, num) == (flat.min(), flat.max(), flat.size)
-    assert total == pytest.approx(flat.sum()) and squares == pytest.approx((flat ** 2).sum())
-    assert np.abs(np.asarray(counts) - expected).sum() <= 2  # edge rounding at most
+@pytest.mark.parametrize("size", [1, 2, 7, 19_600, 300_000])
+def test_histogram_bins_every_value_as_numpy_does(size):
+    """The host path (the CPU's) bins exactly as np.histogram, values on the edges included;
+    the device path (an accelerator's, run here on the CPU) within edge rounding."""
+    torch.manual_seed(size)
+    t = torch.randn(size) * 3 + 1
+    if size > 7:  # values exactly on interior edges (and the top edge): the cases rounding decides
+        lo, hi = float(t.min()), float(t.max())
+        edges = np.linspace(lo, hi, 65).astype(np.float32)
+        t[:64] = torch.from_numpy(edges[1:])
+    flat = t.double().numpy()
+    lo, hi = flat.min(), flat.max()
+    expected = (np.histogram(flat, bins=np.linspace(lo, hi, 65))[0] if hi > lo
+                else np.eye(64)[0] * size)
+    for path, tolerance in ((_histogram_on_host, 0), (_histogram_on_device, 2 + size // 10_000)):
+        lo_, hi_, num, total, squares, *counts = path(t, 64).tolist()
+        assert (lo_, hi_, num) == (lo, hi, size)
+        assert total == pytest.approx(flat.sum()) and squares == pytest.approx((flat ** 2).sum())
+        assert np.abs(np.asarray(counts) - expected).sum() <= tolerance, path.__name__
+    assert histogram(t).tolist() == _histogram_on_host(t, 64).tolist()  # the CPU's path
+
+
+def test_histogram_paths_skip_non_finite_values_alike():
+    t = torch.randn(1000)
+    t[[3, 500, 999]] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    host, device = _histogram_on_host(t, 16), _histogram_on_device(t, 16)
+    assert host[2] == device[2] == 997
+    assert host[:2].tolist() == device[:2].tolist()
+    assert np.abs((host[5:] - device[5:]).numpy()).sum() <= 2
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 17, 100, 1001, 65_537])
+def test_quantile_by_selection_is_nanquantile_bit_for_bit(size):
+    torch.manual_seed(size)
+    values = torch.randn(size)
+    if size > 3:
+        values[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    finite = torch.where(torch.isfinite(values), values, torch.nan)
+    for q in (0.0, 0.02, 0.5, 0.98, 0.999, 1.0):
+        expected = torch.nanquantile(finite, q)
+        assert _quantile_by_selection(values, q).item() == expected.item(), q
 
 
 def test_saturation_and_dead_units():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 
 import lightning as L
@@ -42,6 +43,13 @@ def build_scheduler(scheduler: Callable, optimizer: torch.optim.Optimizer, total
     return scheduler(optimizer, **extra)
 
 
+# Lightning's import sets this (a CUDA check that cannot poison a fork). Where CUDA is absent,
+# each torch.cuda.is_available() then tries to load NVML (~45 us), and every optimizer step
+# asks (its graph-capture check): a CPU fit there runs with torch's direct check, which costs
+# nothing and initialises nothing without a GPU.
+NVML_CUDA_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
 class Classifier(L.LightningModule):
     def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
                  l1: float = 0.0, l2: float = 0.0, num_classes: int = 10, compile: bool = False,
@@ -61,6 +69,7 @@ class Classifier(L.LightningModule):
         self._epoch_sums: tuple[torch.Tensor, torch.Tensor] | None = None  # correct, loss x n
         self._epoch_examples = 0
         self._pending_cuda_rng: torch.Tensor | None = None  # from a checkpoint, set at fit start
+        self._nvml_cuda_check: str | None = None  # set aside for the fit, restored after it
         self.channels_last = False  # the memory format in effect: train.build decides it
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -153,6 +162,13 @@ class Classifier(L.LightningModule):
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:
             torch.manual_seed(stream_seed(self.seed, DROPOUT, self.trainer.global_rank))
         self._restore_cuda_rng()
+        if self.device.type == "cpu" and not torch.cuda.is_available():
+            self._nvml_cuda_check = os.environ.pop(NVML_CUDA_CHECK, None)
+
+    def teardown(self, stage: str) -> None:
+        if self._nvml_cuda_check is not None:
+            os.environ[NVML_CUDA_CHECK] = self._nvml_cuda_check
+            self._nvml_cuda_check = None
 
     def _rng_state(self) -> dict[str, torch.Tensor]:
         state = {"torch": torch.get_rng_state()}

@@ -1,12 +1,15 @@
 from initlab.monitors.callbacks import (
-    GradientNoiseMonitor,
     GradNormMonitor,
     ProbeMonitor,
     TrainClock,
     UpdateRatioMonitor,
+)
+from initlab.monitors.evaluation import (
+    GradientNoiseMonitor,
+    TrainSubsetAccuracy,
+    UnitAblation,
     WeightSummary,
 )
-from initlab.monitors.evaluation import TrainSubsetAccuracy, UnitAblation
 from initlab.monitors.stats import probe
 
 __all__ = ["GradNormMonitor", "GradientNoiseMonitor", "ProbeMonitor", "TrainClock",
