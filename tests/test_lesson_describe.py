@@ -62,7 +62,8 @@ def test_symmetry_names_the_better_init_and_judges_the_claim():
 
 def _naive(xavier_acc, naive_acc, top_peak=0.0, grad_x=0.003, grad_n=0.5):
     def cell(init, acc, sat, std, peak, grad):
-        return {"activation": "sigmoid", "init": init, "depth": 5, "saturated_init": [sat] * 5,
+        return {"activation": "sigmoid", "init": init, "depth": 5, "top_layer": "top",
+                "saturated_init": [sat] * 5,
                 "std_init": [std] * 5, "saturated_mean_init": sat, "std_last_init": std,
                 "backprop_first_over_last": grad, "top_saturated_curve": [[0, 0.0], [20, peak]],
                 "top_saturated_max": peak, "top_saturated_max_step": 20, "top_mean_last": 0.5,
@@ -78,6 +79,7 @@ def test_naive_init_explains_a_losing_xavier_by_its_own_measurements():
     losing = text(naive_init, lose)
     assert "xavier does not train best" in losing and "train worst under xavier" in losing
     assert "point to the vanishing gradient" in losing and "does not happen here" in losing
+    assert "its top hidden layer (top)" in losing  # named as the run's files name it
     saturating = text(naive_init, _naive(10.0, 40.0, top_peak=95.0, grad_x=0.9))
     assert "point to the saturation" in saturating and "the saturation of Glorot" in saturating
     assert "xavier não é a que treina melhor" in text(naive_init, lose, "pt-BR")
@@ -208,8 +210,8 @@ def test_optimizers_flag_a_best_validation_far_from_the_end():
 def _vanishing(shallow, deep, bn_acc_deep):
     def cell(init, bn, r2, r20, acc20):
         return {"activation": "sigmoid", "init": init, "bn": bn, "depths": {
-            "2": {"ratio": r2, "fc1_change": 0.1, "outcome": ok(85.0), "test_acc": 85.0},
-            "20": {"ratio": r20, "fc1_change": 0.0 if r20 < 1e-6 else 0.1, "outcome": ok(acc20),
+            "2": {"ratio": r2, "first_layer_change": 0.1, "outcome": ok(85.0), "test_acc": 85.0},
+            "20": {"ratio": r20, "first_layer_change": 0.0 if r20 < 1e-6 else 0.1, "outcome": ok(acc20),
                    "test_acc": acc20}}}
     return {"depths": [2, 20], "steps": 150, "cells": {
         "sigmoid/standard/plain": cell("standard", False, shallow, deep, 11.0),

@@ -71,10 +71,19 @@ def outcome(run: Run) -> dict:
             "diverged_step": (run.result or {}).get("diverged_step")}
 
 
-def init_layer_stat(run: Run, key: str, hidden_only: bool = True) -> list[tuple[str, float]]:
+def split_layers(layers: Iterable[str]) -> tuple[list[str], str | None]:
+    """(every layer but the output layer, the output layer) of a run's per-layer table
+    (init_stats.json, weights.json): it lists the model's weight layers in the order the model
+    defines them, the output layer last (the model contract, initlab.models.contract)."""
+    names = list(layers)
+    return names[:-1], (names[-1] if names else None)
+
+
+def init_layer_stat(run: Run, key: str) -> list[tuple[str, float]]:
+    """(layer, its ``key`` in init_stats.json) for each layer below the output layer that has it."""
     layers = (run.init_stats or {}).get("layers", {})
-    return [(name, s[key]) for name, s in layers.items()
-            if key in s and not (hidden_only and name == "out")]
+    hidden, _ = split_layers(layers)
+    return [(name, layers[name][key]) for name in hidden if key in layers[name]]
 
 
 def percent_curve(run: Run, tag: str) -> list[list[float]]:

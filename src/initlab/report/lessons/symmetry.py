@@ -18,6 +18,7 @@ from initlab.report.lessons.common import (
     pick,
     read_json,
     save,
+    split_layers,
     style,
 )
 
@@ -38,7 +39,7 @@ def measure(runs: list[Run]) -> dict:
         summary = read_json(run, "weights.json")
         if summary is None:
             continue
-        layers = [n for n in summary["layers"] if n != "out"]
+        layers, _ = split_layers(summary["layers"])
         steps = summary["step"]
         inits[init] = {"distinct_units": [summary["layers"][n]["distinct_units"] for n in layers],
                        "units": summary["layers"][layers[0]]["units"], "outcome": outcome(run),

@@ -20,6 +20,7 @@ from initlab.report.lessons.common import (
     panels,
     pick,
     save,
+    split_layers,
     style,
 )
 
@@ -39,14 +40,14 @@ def measure(runs: list[Run]) -> dict:
     cells = {}
     for (arm, act, init), run in table.items():
         layers = (run.init_stats or {}).get("layers", {})
-        hidden = [n for n in layers if n != "out"]
+        hidden, output = split_layers(layers)
         fwd = [v for _, v in init_layer_stat(run, "activation_std")]
         back = [v for _, v in init_layer_stat(run, "backprop_std")]
         cell = {"arm": arm or "equal", "activation": act, "init": init,
                 "widths": [layers[n]["fan_out"] for n in hidden],
                 "std": fwd, "backprop": back,
                 "fan_in_var": [layers[n]["fan_in_var"] for n in hidden],
-                "fan_out_var": [layers[n]["fan_out_var"] for n in [*hidden[1:], "out"] if n in layers],
+                "fan_out_var": [layers[n]["fan_out_var"] for n in [*hidden[1:], output] if n in layers],
                 "outcome": outcome(run), "test_acc": outcome(run)["test_acc"],
                 "steps": (run.result or {}).get("steps"), "depth": choice(run, "model.depth")}
         # the derivation on each layer after the first (its input is the previous layer's
