@@ -62,12 +62,12 @@ def measure(runs: list[Run]) -> dict:
                 "top_saturated_max": max((v for _, v in top), default=None),
                 "top_saturated_max_step": max(top, key=lambda p: p[1])[0] if top else None,
                 "top_mean_last": top_mean[-1][1] if top_mean else None,
-                "outcome": outcome(run), "test_acc": outcome(run)["test_acc"]}
+                "outcome": outcome(run), "test_acc_pct": outcome(run)["test_acc_pct"]}
     return {"cells": cells, "shared": shared}
 
 
 def _acc(cell: dict | None) -> float:
-    return -1.0 if cell is None or cell["test_acc"] is None else cell["test_acc"]
+    return -1.0 if cell is None or cell["test_acc_pct"] is None else cell["test_acc_pct"]
 
 
 def describe(n: dict, lang: str) -> list[str]:

@@ -49,7 +49,7 @@ def measure(runs: list[Run]) -> dict:
             "ratio": back[0][1] / back[-1][1] if back and back[-1][1] else None,
             "first_layer_change": (summary["layers"][back[0][0]]["change_rel"]
                                    if summary and back else None),
-            "outcome": outcome(run), "test_acc": outcome(run)["test_acc"]}
+            "outcome": outcome(run), "test_acc_pct": outcome(run)["test_acc_pct"]}
     depths = sorted({int(d) for c in cells.values() for d in c["depths"]})
     order = {f"{a}/{i}/{b}": k for k, (a, i, b) in enumerate(
         (a, i, b) for a in ACTS for i in ("standard", "xavier") for b in ("plain", "bn"))}
@@ -184,7 +184,7 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
     both = [c for c in n["cells"].values() if c["bn"] and c["init"] == "xavier"]
     if both:
         drops = [(c, _ends(c, depths)) for c in both]
-        fine = all((b.get("test_acc") or 0) > (a.get("test_acc") or 0) - 5 for _, (a, b) in drops)
+        fine = all((b.get("test_acc_pct") or 0) > (a.get("test_acc_pct") or 0) - 5 for _, (a, b) in drops)
         out.append((pick(lang, "With good initialization and normalization you rarely have to worry",
                          "Com boa inicialização e normalização raramente é preciso se preocupar"),
                     "confirmed" if fine else "qualified",
