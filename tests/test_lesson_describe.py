@@ -34,7 +34,7 @@ def verdict(module, numbers, lang="en") -> list[str]:
 
 
 def ok(acc, status="ok"):
-    return {"status": status, "test_acc": acc, "diverged_step": None}
+    return {"status": status, "test_acc_pct": acc, "diverged_step": None}
 
 
 def test_numbers_in_portuguese_use_a_decimal_comma_and_a_thousands_point():
@@ -46,9 +46,9 @@ def test_numbers_in_portuguese_use_a_decimal_comma_and_a_thousands_point():
 def _symmetry(zeros_acc, xavier_acc, zeros_units=1):
     return {"steps": 10, "inits": {
         "zeros": {"distinct_units": [zeros_units] * 2, "units": 8, "outcome": ok(zeros_acc),
-                  "test_acc": zeros_acc},
+                  "test_acc_pct": zeros_acc},
         "xavier": {"distinct_units": [8, 8], "units": 8, "outcome": ok(xavier_acc),
-                   "test_acc": xavier_acc}}}
+                   "test_acc_pct": xavier_acc}}}
 
 
 def test_symmetry_names_the_better_init_and_judges_the_claim():
@@ -62,11 +62,12 @@ def test_symmetry_names_the_better_init_and_judges_the_claim():
 
 def _naive(xavier_acc, naive_acc, top_peak=0.0, grad_x=0.003, grad_n=0.5):
     def cell(init, acc, sat, std, peak, grad):
-        return {"activation": "sigmoid", "init": init, "depth": 5, "saturated_init": [sat] * 5,
+        return {"activation": "sigmoid", "init": init, "depth": 5, "top_layer": "top",
+                "saturated_init": [sat] * 5,
                 "std_init": [std] * 5, "saturated_mean_init": sat, "std_last_init": std,
                 "backprop_first_over_last": grad, "top_saturated_curve": [[0, 0.0], [20, peak]],
                 "top_saturated_max": peak, "top_saturated_max_step": 20, "top_mean_last": 0.5,
-                "outcome": ok(acc), "test_acc": acc}
+                "outcome": ok(acc), "test_acc_pct": acc}
     return {"cells": {"sigmoid/uniform": cell("uniform", naive_acc, 60, 0.4, 60, grad_n),
                       "sigmoid/normal": cell("normal", naive_acc, 70, 0.45, 70, grad_n),
                       "sigmoid/xavier": cell("xavier", xavier_acc, 0.0, 0.1, top_peak, grad_x)}}
@@ -78,6 +79,7 @@ def test_naive_init_explains_a_losing_xavier_by_its_own_measurements():
     losing = text(naive_init, lose)
     assert "xavier does not train best" in losing and "train worst under xavier" in losing
     assert "point to the vanishing gradient" in losing and "does not happen here" in losing
+    assert "its top hidden layer (top)" in losing  # named as the run's files name it
     saturating = text(naive_init, _naive(10.0, 40.0, top_peak=95.0, grad_x=0.9))
     assert "point to the saturation" in saturating and "the saturation of Glorot" in saturating
     assert "xavier não é a que treina melhor" in text(naive_init, lose, "pt-BR")
@@ -91,7 +93,7 @@ def _variants(lecun_fwd, lecun_back, xav_fwd, xav_back, measured=1.0):
                 "forward_ratio": [ratio, ratio], "forward_predicted": [1.0, 1.0],
                 "backward_ratio": [1.0], "backward_predicted": [1.0],
                 "forward_total": fwd_total, "backward_total": back_total,
-                "outcome": ok(90.0), "test_acc": 90.0}
+                "outcome": ok(90.0), "test_acc_pct": 90.0}
     cells = {"equal/linear/lecun": cell("equal", "linear", "lecun", 1.0, 1.0, measured),
              "funnel/linear/lecun": cell("funnel", "linear", "lecun", lecun_fwd, lecun_back, 1.0),
              "funnel/linear/xavier": cell("funnel", "linear", "xavier", xav_fwd, xav_back, 1.0)}
@@ -113,8 +115,8 @@ def test_xavier_variants_judge_the_derivation_and_the_balance_by_the_numbers():
 
 def _rates(small_acc, small_loss, large_status, large_loss):
     def rate(lr, acc, first, last, status="ok"):
-        return {"lr": lr, "outcome": ok(acc, status), "test_acc": acc, "status": status,
-                "best_val_acc": acc, "diverged_step": 3 if status == "diverged" else None,
+        return {"lr": lr, "outcome": ok(acc, status), "test_acc_pct": acc, "status": status,
+                "best_val_acc_pct": acc, "diverged_step": 3 if status == "diverged" else None,
                 "loss": [[0, first], [10, last]], "first_loss": first, "last_loss": last}
     return {"rates": [0.001, 0.1, 10.0], "steps": 100, "best_lr": 0.1,
             "0.001": rate(0.001, small_acc, 2.4, small_loss),
@@ -137,11 +139,11 @@ def test_learning_rate_words_follow_the_losses():
 
 def _batches(cos_small, cos_big, epoch_small, epoch_big):
     return {"sizes": [1, 4096],
-            "1": {"cosine_mean": cos_small, "epochs": 2, "steps_epochs": 100, "acc_epochs": 50.0,
-                  "subset": 8192, "acc_time": 49.0, "time_steps": 90, "time_budget": 10.0,
+            "1": {"cosine_mean": cos_small, "epochs": 2, "steps_epochs": 100, "acc_epochs_pct": 50.0,
+                  "subset": 8192, "acc_time_pct": 49.0, "time_steps": 90, "time_budget": 10.0,
                   "step_ms": 2.0, "epoch_s": epoch_small},
-            "4096": {"cosine_mean": cos_big, "epochs": 2, "steps_epochs": 6, "acc_epochs": 70.0,
-                     "subset": 8192, "acc_time": 91.0, "time_steps": 130, "time_budget": 10.0,
+            "4096": {"cosine_mean": cos_big, "epochs": 2, "steps_epochs": 6, "acc_epochs_pct": 70.0,
+                     "subset": 8192, "acc_time_pct": 91.0, "time_steps": 130, "time_budget": 10.0,
                      "step_ms": 50.0, "epoch_s": epoch_big}}
 
 
@@ -183,7 +185,7 @@ def test_batch_size_at_full_scale_counts_an_epoch_from_the_runs_not_the_config(t
 
 def _optim(adam_early):
     def best(lr, early, late, acc=92.0, val=92.0):
-        return {"lr": lr, "best_val": val, "outcome": ok(acc), "test_acc": acc, "loss": [],
+        return {"lr": lr, "best_val_acc_pct": val, "outcome": ok(acc), "test_acc_pct": acc, "loss": [],
                 "val": [], "ratio": [], "step_early": early, "step_late": late}
     return {"grid": {"sgd": [], "adam": []},
             "best": {"sgd": best(0.1, 9.3e-3, 4.5e-3), "adam": best(0.001, adam_early, 2.5e-3)}}
@@ -199,18 +201,18 @@ def test_optimizers_say_which_start_with_larger_steps():
 
 def test_optimizers_flag_a_best_validation_far_from_the_end():
     numbers = _optim(4e-2)
-    numbers["best"]["adam"].update(best_val=92.0, test_acc=82.5, outcome=ok(82.5))
+    numbers["best"]["adam"].update(best_val_acc_pct=92.0, test_acc_pct=82.5, outcome=ok(82.5))
     assert "is not where it ends" in text(optimizers, numbers)
-    numbers["best"]["adam"].update(test_acc=92.0, outcome=ok(92.0))
+    numbers["best"]["adam"].update(test_acc_pct=92.0, outcome=ok(92.0))
     assert "is not where it ends" not in text(optimizers, numbers)
 
 
 def _vanishing(shallow, deep, bn_acc_deep):
     def cell(init, bn, r2, r20, acc20):
         return {"activation": "sigmoid", "init": init, "bn": bn, "depths": {
-            "2": {"ratio": r2, "fc1_change": 0.1, "outcome": ok(85.0), "test_acc": 85.0},
-            "20": {"ratio": r20, "fc1_change": 0.0 if r20 < 1e-6 else 0.1, "outcome": ok(acc20),
-                   "test_acc": acc20}}}
+            "2": {"ratio": r2, "first_layer_change": 0.1, "outcome": ok(85.0), "test_acc_pct": 85.0},
+            "20": {"ratio": r20, "first_layer_change": 0.0 if r20 < 1e-6 else 0.1, "outcome": ok(acc20),
+                   "test_acc_pct": acc20}}}
     return {"depths": [2, 20], "steps": 150, "cells": {
         "sigmoid/standard/plain": cell("standard", False, shallow, deep, 11.0),
         "sigmoid/xavier/plain": cell("xavier", False, shallow, deep * 1e6, 11.0),
@@ -231,7 +233,7 @@ def _exploding(status):
     def arm(back, status="ok", acc=90.0):
         return {"layers": ["fc1", "fc2", "fc3"], "backprop": back, "growth": back[0] / back[-1],
                 "gain": 2.0, "loss": [], "outcome": {**ok(acc, status), "diverged_step": 3},
-                "status": status, "test_acc": None if status == "diverged" else acc,
+                "status": status, "test_acc_pct": None if status == "diverged" else acc,
                 "diverged_step": 3 if status == "diverged" else None}
     return {"depth": 3, "arms": {"too_large": arm([40.0, 6.0, 2.0], status, 10.0),
                                  "he": arm([1.0, 1.0, 1.0], acc=84.0),
@@ -260,9 +262,9 @@ def test_exploding_rarity_counts_both_directions():
 
 def _fitting(over_gap, reg_gap, reg_acc):
     def arm(train, val, acc):
-        return {"train_curve": [], "val_curve": [], "step": 100, "train_acc": train, "val_acc": val,
+        return {"train_curve": [], "val_curve": [], "step": 100, "train_acc_pct": train, "val_acc_pct": val,
                 "gap": train - val, "subset": 2000, "train_samples": 1000, "outcome": ok(acc),
-                "test_acc": acc}
+                "test_acc_pct": acc}
     return {"arms": {"underfit": arm(70.0, 72.0, 73.0), "overfit": arm(100.0, 100.0 - over_gap, 95.0),
                      "regularized": arm(99.0, 99.0 - reg_gap, reg_acc)}}
 
@@ -279,8 +281,8 @@ def test_fitting_gap_words_follow_the_gaps():
 
 def _dropout(base_drop, drop_drop):
     def rate(p, gap, acc, max_drop):
-        return {"p": p, "train_acc": 100.0, "val_acc": 100.0 - gap, "gap": gap, "outcome": ok(acc),
-                "test_acc": acc, "train_samples": 1000, "max_drop": max_drop, "mean_drop": 0.1,
+        return {"p": p, "train_acc_pct": 100.0, "val_acc_pct": 100.0 - gap, "gap": gap, "outcome": ok(acc),
+                "test_acc_pct": acc, "train_samples": 1000, "max_drop": max_drop, "mean_drop": 0.1,
                 "top_k": 10, "top_k_drop": 3 * max_drop, "units": 256, "silent_units": 0,
                 "ablation_examples": 5000, "top_drops": [max_drop]}
     return {"rates": {"0": rate(0.0, 5.0, 95.0, base_drop), "0.5": rate(0.5, 3.0, 96.0, drop_drop)}}
@@ -297,7 +299,7 @@ def test_dropout_reliance_on_one_unit_follows_the_ablation():
 def _l1_l2(l1_near, l2_near):
     def cell(l1, l2, near, norm, acc):
         return {"l1": l1, "l2": l2, "near_zero": near, "weight_l2": norm, "threshold": 1e-3,
-                "outcome": ok(acc), "test_acc": acc}
+                "outcome": ok(acc), "test_acc_pct": acc}
     return {"threshold": 1e-3, "cells": {"a": cell(0.0, 0.0, 1.0, 30.0, 94.0),
                                          "b": cell(1e-3, 0.0, l1_near, 8.0, 91.0),
                                          "c": cell(0.0, 1e-3, l2_near, 22.0, 94.5)}}
@@ -314,7 +316,7 @@ def test_l1_l2_words_follow_sparsity_and_norms():
 
 def _augment(noise_top):
     def aug(clean, noise, skew):
-        return {"clean": clean, "outcome": ok(clean), "noise": [[0.5, noise]], "skew": [[45.0, skew]]}
+        return {"clean_pct": clean, "outcome": ok(clean), "noise": [[0.5, noise]], "skew": [[45.0, skew]]}
     return {"levels": {"noise": [0.5], "skew": [45.0]},
             "augs": {"none": aug(97.0, 74.0, 89.0), "noise": aug(97.0, noise_top, 88.0),
                      "skew": aug(96.8, 69.0, 90.6)}}

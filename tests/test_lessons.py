@@ -115,7 +115,7 @@ def test_every_lesson_runs_as_a_multirun_and_the_report_draws_it(topic, scale, t
     def quoted(node):
         if isinstance(node, dict):
             for key, value in node.items():
-                if key == "test_acc" and value is not None:
+                if key == "test_acc_pct" and value is not None:
                     yield round(value, 6)
                 else:
                     yield from quoted(value)
@@ -167,7 +167,7 @@ def test_a_partial_sweep_reports_what_it_has_and_says_what_is_missing(tmp_path):
     assert "from 2 of 3 runs" in lines and "the largest, 10: not finished" in lines
     assert "several runs share the configuration(s) (0.1,)" in lines
     lesson = json.loads((tmp_path / "lesson.json").read_text())
-    assert lesson["numbers"]["0.1"]["test_acc"] == pytest.approx(91.0)
+    assert lesson["numbers"]["0.1"]["test_acc_pct"] == pytest.approx(91.0)
     assert lesson["numbers"]["10"]["status"] == "running"
 
 
@@ -189,15 +189,15 @@ def test_zero_init_leaves_one_distinct_unit_per_layer_on_mnist(tmp_path):
     for init in ("zeros", "constant"):
         assert set(numbers[init]["distinct_units"]) == {1}, numbers[init]
     assert set(numbers["xavier"]["distinct_units"]) == {numbers["xavier"]["units"]}
-    assert numbers["xavier"]["test_acc"] > numbers["zeros"]["test_acc"] + 50
+    assert numbers["xavier"]["test_acc_pct"] > numbers["zeros"]["test_acc_pct"] + 50
 
 
 @pytest.mark.real_data
 def test_learning_rate_too_small_is_far_below_the_best_and_too_large_diverges(tmp_path):
     lesson = _real_lesson("learning_rate", tmp_path / "sweep")
     numbers = lesson["numbers"]
-    best = numbers[f"{numbers['best_lr']:g}"]["test_acc"]
-    assert numbers["0.0001"]["test_acc"] < best - 20, numbers
+    best = numbers[f"{numbers['best_lr']:g}"]["test_acc_pct"]
+    assert numbers["0.0001"]["test_acc_pct"] < best - 20, numbers
     assert numbers["10"]["status"] == "diverged" or \
         numbers["10"]["last_loss"] >= 0.9 * numbers["10"]["first_loss"], numbers
     assert numbers["lr_find_suggestion"] is not None
@@ -210,4 +210,4 @@ def test_exploding_lesson_diverges_and_every_cure_trains(tmp_path):
     assert numbers["too_large"]["status"] == "diverged"
     assert numbers["too_large"]["growth"] > 10
     for cure in ("he", "clipping", "batchnorm"):
-        assert numbers[cure]["status"] == "ok" and numbers[cure]["test_acc"] > 50, numbers[cure]
+        assert numbers[cure]["status"] == "ok" and numbers[cure]["test_acc_pct"] > 50, numbers[cure]

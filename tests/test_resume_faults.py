@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from initlab.checkpointing import AtomicCheckpointIO
 from initlab.train import ConfigError, build, run
 from tests.helpers import ROOT, assert_resume_after_two_epochs_matches
 
@@ -190,3 +197,52 @@ def test_interrupted_run_saves_a_checkpoint_and_resumes(tiny_data, tmp_path, sig
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     result = json.loads((tmp_path / "resumed" / "result.json").read_text())
     assert result["steps"] > step and result["status"] == "ok"
+
+
+@pytest.fixture
+def staging_elsewhere(tmp_path, monkeypatch):
+    """$TMPDIR on another filesystem than the run's (as a cluster's node-local /tmp is)."""
+    other = Path("/dev/shm")
+    if sys.platform != "linux" or not other.is_dir() or \
+            other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test's temporary folder")
+    staging = Path(tempfile.mkdtemp(dir=other))
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    yield staging
+    shutil.rmtree(staging)
+
+
+@pytest.mark.parametrize("io_class, keeps_previous", [(TorchCheckpointIO, False),
+                                                      (AtomicCheckpointIO, True)])
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
+                                                                 staging_elsewhere, io_class,
+                                                                 keeps_previous):
+    """The run's disk fills while a new checkpoint's bytes go into the run's folder. Lightning's
+    save stages the file in $TMPDIR and, across filesystems, copies it over the old checkpoint
+    (shutil's copy, os.sendfile on Linux): the old one is lost. AtomicCheckpointIO writes beside
+    it (the write shows as a failed fsync) and renames only a whole file: the old one stays."""
+    path = tmp_path / "last.ckpt"
+    io_class().save_checkpoint({"step": 1}, path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "sendfile", disk_full)
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        io_class().save_checkpoint({"step": 2, "weights": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    if keeps_previous:
+        assert torch.load(path, weights_only=True) == {"step": 1}
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary left
+    else:
+        assert path.stat().st_size == 0  # truncated by the copy that failed
+
+
+def test_checkpoint_writes_are_timed_and_storage_options_refused(tmp_path):
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, tmp_path / "a" / "last.ckpt")
+    assert torch.load(tmp_path / "a" / "last.ckpt", weights_only=True) == {"step": 1}
+    assert io.seconds > 0
+    with pytest.raises(TypeError, match=r"AtomicCheckpointIO takes no storage_options \(got \{'x': 1\}\)"):
+        io.save_checkpoint({"step": 2}, tmp_path / "b.ckpt", storage_options={"x": 1})

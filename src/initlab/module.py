@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from initlab.models.contract import check_model_contract
 from initlab.utils import DROPOUT, stream_seed, weight_layers
 
 
@@ -155,6 +156,10 @@ class Classifier(L.LightningModule):
         # a batch-size-weighted mean over batches (and ranks): the accuracy on the whole set
         self.log(f"{name}/acc", accuracy, batch_size=len(y), sync_dist=True,
                  add_dataloader_idx=False)
+
+    def setup(self, stage: str) -> None:
+        # before any callback's on_fit_start: the monitors read the model through the contract
+        check_model_contract(self.model)
 
     def on_fit_start(self) -> None:
         # seed_everything gave every DDP rank the same stream: give each rank its own dropout

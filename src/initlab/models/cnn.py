@@ -6,14 +6,15 @@ import torch
 from torch import nn
 
 from initlab.models.activations import check_activation, check_dropout, make_activation
+from initlab.models.contract import MonitoredModel
 
 
-class CNN(nn.Module):
+class CNN(nn.Module, MonitoredModel):
     """conv1 -> act1 -> pool -> conv2 -> act2 -> pool -> fc1 -> act3 -> dropout -> out.
 
     With the defaults (24 and 32 channels, 5x5 and 3x3 kernels, 256 hidden) it has 215k
-    parameters. ``act<i>`` is the nonlinearity after the i-th weight layer; monitors rely on that
-    naming to pair each layer with its activation.
+    parameters. :meth:`hidden_layers` pairs each weight layer with its nonlinearity ``act<i>``
+    (the model contract, :mod:`initlab.models.contract`).
     """
 
     def __init__(self, channels=(24, 32), kernel_sizes=(5, 3), hidden=256, activation="relu",
@@ -55,6 +56,10 @@ class CNN(nn.Module):
         """(name, weight layer, its activation) for each hidden layer, input to output."""
         return [("conv1", self.conv1, self.act1), ("conv2", self.conv2, self.act2),
                 ("fc1", self.fc1, self.act3)]
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.act1(self.bn1(self.conv1(x))))

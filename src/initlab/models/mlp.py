@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from initlab.models.activations import check_activation, check_dropout, make_activation
+from initlab.models.contract import MonitoredModel
 
 
-class MLP(nn.Module):
+class MLP(nn.Module, MonitoredModel):
     """``depth`` hidden layers ``fc1..fc<depth>`` of ``width`` units, each followed by
     ``act<i>`` (and dropout), then the linear output layer ``out`` (softmax is in the loss).
     The paper's network is depth 5, width 1000. ``widths`` (one per hidden layer) replaces
@@ -50,6 +51,10 @@ class MLP(nn.Module):
         """(name, weight layer, its activation) for each hidden layer, input to output."""
         return [(f"fc{i}", getattr(self, f"fc{i}"), getattr(self, f"act{i}"))
                 for i in range(1, self.depth + 1)]
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)

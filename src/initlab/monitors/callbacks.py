@@ -220,8 +220,7 @@ class ProbeMonitor(L.Callback):
         """Probe, log, and return the result with its scalars as host numbers."""
         model = pl_module.model
         x, y = self._batch
-        result = probe(model, x, y, getattr(model, "activation", "linear"),
-                       jacobian=self.jacobian if jacobian else None)
+        result = probe(model, x, y, model.activation, jacobian=self.jacobian if jacobian else None)
         keys = [(layer, key) for layer, stats in result.scalars.items() for key in stats]
         packed = [torch.stack([result.scalars[layer][key].double() for layer, key in keys])]
         hist_tags = []

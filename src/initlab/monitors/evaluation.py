@@ -51,8 +51,8 @@ class TrainSubsetAccuracy(L.Callback):
 
 class UnitAblation(L.Callback):
     """At the end of training, on the first ``num_examples`` validation examples: the accuracy
-    lost when one unit of the last hidden layer (the input of the output layer ``out``) is set
-    to 0, for every unit, and when the ``top_k`` most important units are removed together.
+    lost when one unit of the last hidden layer (the input of the model's ``output_layer``) is
+    set to 0, for every unit, and when the ``top_k`` most important units are removed together.
     Writes ``ablation.json`` into the run directory. Dropout's claim that the network does not
     rely on any one unit is the size of the largest single-unit drop."""
 
@@ -67,7 +67,7 @@ class UnitAblation(L.Callback):
         x, y = trainer.datamodule.probe_batch(self.num_examples)
         x, y = x.to(pl_module.device), y.to(pl_module.device)
         seen: list[torch.Tensor] = []
-        hook = model.out.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+        hook = model.output_layer.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
         was_training = model.training
         model.eval()
         try:
@@ -76,7 +76,7 @@ class UnitAblation(L.Callback):
             hook.remove()
             model.train(was_training)
         hidden = torch.cat(seen)  # (examples, units)
-        weight = model.out.weight  # (classes, units)
+        weight = model.output_layer.weight  # (classes, units)
         base = (logits.argmax(1) == y).float().mean()
         # logits without unit j: subtract its contribution h_j * W[:, j], all units at once
         without = logits.unsqueeze(1) - hidden.unsqueeze(2) * weight.t().unsqueeze(0)

@@ -1,7 +1,7 @@
 """Per-layer statistics of Glorot & Bengio (2010) on a fixed probe batch.
 
-Pure functions over a model that exposes ``hidden_layers()`` -> [(name, layer, activation)]:
-the activation module's input is the pre-activation s, its output the activation z.
+Pure functions over a model that satisfies the model contract
+(:class:`initlab.models.contract.MonitoredModel`).
 Everything stays a tensor on the model's device; callers move numbers to the host. Nothing
 here draws from the global random generator (training is the same with monitors on or off).
 """

@@ -7,6 +7,8 @@ comparison of the numbers it cites.
 A sweep is a lesson when its runs' config says ``lesson.topic``; ``write_report`` then puts the
 lesson first in report.md (English) and writes ``lesson.json`` (numbers, and the sentences,
 table and verdicts in English and Brazilian Portuguese) and one figure per language next to it.
+Its accuracies are percentages and their names say so (``test_acc_pct``); result.json's are
+fractions (``best_val_acc``, ``metrics["test/acc"]``).
 """
 
 from __future__ import annotations

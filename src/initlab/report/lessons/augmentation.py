@@ -40,7 +40,7 @@ def measure(runs: list[Run]) -> dict:
     augs = {}
     for aug in ordered(((a or "none") for a, in table), ORDER):
         run = table.get((aug,)) or table.get((None,))
-        augs[aug] = {"clean": outcome(run)["test_acc"], "outcome": outcome(run),
+        augs[aug] = {"clean_pct": outcome(run)["test_acc_pct"], "outcome": outcome(run),
                      **{kind: corrupt_levels(run, kind) for kind in KINDS}}
     levels = {k: sorted({lv for a in augs.values() for lv, _ in a[k]}) for k in KINDS}
     return {"augs": augs, "levels": levels, "shared": shared}
@@ -87,7 +87,7 @@ def describe(n: dict, lang: str) -> list[str]:
                          f"; treinar só com {_name(other, lang)} "
                          f"{'ajuda' if cross > base else 'não ajuda'} aqui ({pct(cross, lang)})")
         out.append(text + ".")
-    cleans = {a: v["clean"] for a, v in augs.items() if v["clean"] is not None}
+    cleans = {a: v["clean_pct"] for a, v in augs.items() if v["clean_pct"] is not None}
     if len(cleans) >= 2:
         spread = max(cleans.values()) - min(cleans.values())
         listing = ", ".join(f"{_name(a, lang)} {pct(v, lang)}" for a, v in cleans.items())
@@ -107,7 +107,7 @@ def table(n: dict, lang: str) -> list[str]:
     rows = [head, "|---" * (2 + sum(len(v) for v in n["levels"].values())) + "|"]
     for aug, a in n["augs"].items():
         cells = [pct(_at(a, k, lv), lang) for k in KINDS for lv in n["levels"][k]]
-        rows.append(f"| {_name(aug, lang)} | {pct(a['clean'], lang)} | " + " | ".join(cells) + " |")
+        rows.append(f"| {_name(aug, lang)} | {pct(a['clean_pct'], lang)} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -135,7 +135,7 @@ def draw(n: dict, lang: str, path) -> None:
     fig, axes = panels(2, width=5.0)
     for col, kind in enumerate(KINDS):
         for i, (aug, a) in enumerate(n["augs"].items()):
-            pts = [[0.0, a["clean"]], *a[kind]] if a["clean"] is not None else a[kind]
+            pts = [[0.0, a["clean_pct"]], *a[kind]] if a["clean_pct"] is not None else a[kind]
             if pts:
                 axes[0][col].plot(*zip(*pts), label=_name(aug, lang), **style(i, filled=i % 2 == 0))
         axes[0][col].set_xticks([0.0, *n["levels"][kind]])

@@ -57,7 +57,7 @@ def measure(runs: list[Run]) -> dict:
             cosines = [v for _, v in epochs_run.scalars("grad_noise/cosine")]
             n.update(cosine_mean=mean(cosines), epochs=epochs_run.result.get("epochs"),
                      steps_epochs=epochs_run.result.get("steps"),
-                     acc_epochs=outcome(epochs_run)["test_acc"],
+                     acc_epochs_pct=outcome(epochs_run)["test_acc_pct"],
                      subset=choice(epochs_run, "callbacks.grad_noise.num_examples"))
         if time_run is not None and time_run.result:
             # the wall-clock arm has no gradient-noise measurements; time/train_s leaves
@@ -65,7 +65,7 @@ def measure(runs: list[Run]) -> dict:
             clock = time_run.scalars("time/train_s")
             per_epoch = steps_per_epoch(epochs_run, time_run, bs)
             step_ms = 1000 * clock[-1][1] / clock[-1][0] if clock and clock[-1][0] else None
-            n.update(acc_time=outcome(time_run)["test_acc"], time_steps=time_run.result.get("steps"),
+            n.update(acc_time_pct=outcome(time_run)["test_acc_pct"], time_steps=time_run.result.get("steps"),
                      time_budget=seconds(choice(time_run, "trainer.max_time")), step_ms=step_ms,
                      epoch_s=step_ms * per_epoch / 1000 if step_ms and per_epoch else None)
     return numbers
@@ -119,7 +119,7 @@ def describe(n: dict, lang: str) -> list[str]:
                         f"{num(lo['epoch_s'], lang, 3)} s com lotes de {lo_b} (tempo de treino, sem "
                         f"a validação). A aula diz que lotes grandes levam mais tempo de treino: "
                         f"por época, estes números dizem {'o mesmo' if longer else 'o contrário'}."))
-    for key, budget in (("acc_epochs", "epochs"), ("acc_time", "time")):
+    for key, budget in (("acc_epochs_pct", "epochs"), ("acc_time_pct", "time")):
         have = _with(n, key)
         if not have:
             continue
@@ -154,8 +154,8 @@ def table(n: dict, lang: str) -> list[str]:
         r = n[str(b)]
         rows.append(f"| {integer(b, lang)} | {num(r.get('cosine_mean'), lang)} | "
                     f"{num(r.get('step_ms'), lang)} "
-                    f"| {num(r.get('epoch_s'), lang)} | {pct(r.get('acc_epochs'), lang)} "
-                    f"| {pct(r.get('acc_time'), lang)} |")
+                    f"| {num(r.get('epoch_s'), lang)} | {pct(r.get('acc_epochs_pct'), lang)} "
+                    f"| {pct(r.get('acc_time_pct'), lang)} |")
     return rows
 
 
@@ -180,19 +180,20 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
                     pick(lang, "per epoch: ", "por época: ")
                     + f"{num(hi['epoch_s'], lang, 2)} s ({integer(timed[-1], lang)}) "
                     + pick(lang, "vs", "contra") + f" {num(lo['epoch_s'], lang, 3)} s ({timed[0]})"))
-    have = _with(n, "acc_epochs")
+    have = _with(n, "acc_epochs_pct")
     if len(have) >= 2:
-        big, best = have[-1], max(have, key=lambda b: n[str(b)]["acc_epochs"])
-        worse = n[str(big)]["acc_epochs"] < n[str(best)]["acc_epochs"] - 5
+        big, best = have[-1], max(have, key=lambda b: n[str(b)]["acc_epochs_pct"])
+        worse = n[str(big)]["acc_epochs_pct"] < n[str(best)]["acc_epochs_pct"] - 5
         out.append((pick(lang, "All the data at once (huge batches) is too expensive",
                          "Usar todos os dados de uma vez (lotes enormes) é caro demais"),
                     "qualified" if worse else "contradicted",
-                    pick(lang, f"same epochs: {integer(big, lang)} → {pct(n[str(big)]['acc_epochs'], lang)} "
+                    pick(lang, f"same epochs: {integer(big, lang)} → "
+                               f"{pct(n[str(big)]['acc_epochs_pct'], lang)} "
                                f"in {n[str(big)]['steps_epochs']} steps, {integer(best, lang)} → "
-                               f"{pct(n[str(best)]['acc_epochs'], lang)}: costly in steps, not in time",
-                         f"mesmas épocas: {integer(big, lang)} → {pct(n[str(big)]['acc_epochs'], lang)} "
+                               f"{pct(n[str(best)]['acc_epochs_pct'], lang)}: costly in steps, not in time",
+                         f"mesmas épocas: {integer(big, lang)} → {pct(n[str(big)]['acc_epochs_pct'], lang)} "
                          f"em {n[str(big)]['steps_epochs']} passos, {integer(best, lang)} → "
-                         f"{pct(n[str(best)]['acc_epochs'], lang)}: caro em passos, não em tempo")))
+                         f"{pct(n[str(best)]['acc_epochs_pct'], lang)}: caro em passos, não em tempo")))
     return out
 
 
@@ -222,8 +223,8 @@ def draw(n: dict, lang: str, path) -> None:
                                                               "s por época (escala log)"),
                    title=pick(lang, "time per epoch (validation excluded)",
                               "tempo por época (sem validação)"))
-    for i, (key, label) in enumerate((("acc_epochs", pick(lang, "same epochs", "mesmas épocas")),
-                                      ("acc_time", pick(lang, "same wall clock", "mesmo tempo")))):
+    for i, (key, label) in enumerate((("acc_epochs_pct", pick(lang, "same epochs", "mesmas épocas")),
+                                      ("acc_time_pct", pick(lang, "same wall clock", "mesmo tempo")))):
         xs = _with(n, key)
         axes[0][3].plot(xs, [n[str(b)][key] for b in xs], label=label, **style(i))
     axes[0][3].set(xlabel=bs_label, ylabel=pick(lang, "test accuracy (%)", "acurácia de teste (%)"),

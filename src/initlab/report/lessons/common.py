@@ -52,13 +52,13 @@ def metric(run: Run, key: str) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def best_val(run: Run) -> float | None:
+def best_val_pct(run: Run) -> float | None:
     """The run's best validation accuracy in % (RunStatus), None for a diverged run."""
     value = (run.result or {}).get("best_val_acc")
     return None if value is None or run.status == "diverged" else 100 * value
 
 
-def test_acc(run: Run) -> float | None:
+def test_acc_pct(run: Run) -> float | None:
     """Test accuracy in %, None for a diverged or unfinished run."""
     value = metric(run, "test/acc")
     return None if value is None or run.status == "diverged" else 100 * value
@@ -67,14 +67,23 @@ def test_acc(run: Run) -> float | None:
 def outcome(run: Run) -> dict:
     """What a run ended with, for any language to write: status, test accuracy, divergence step."""
     status = run.status if run.result is not None else "running"
-    return {"status": status, "test_acc": test_acc(run),
+    return {"status": status, "test_acc_pct": test_acc_pct(run),
             "diverged_step": (run.result or {}).get("diverged_step")}
 
 
-def init_layer_stat(run: Run, key: str, hidden_only: bool = True) -> list[tuple[str, float]]:
+def split_layers(layers: Iterable[str]) -> tuple[list[str], str | None]:
+    """(every layer but the output layer, the output layer) of a run's per-layer table
+    (init_stats.json, weights.json): it lists the model's weight layers in the order the model
+    defines them, the output layer last (the model contract, initlab.models.contract)."""
+    names = list(layers)
+    return names[:-1], (names[-1] if names else None)
+
+
+def init_layer_stat(run: Run, key: str) -> list[tuple[str, float]]:
+    """(layer, its ``key`` in init_stats.json) for each layer below the output layer that has it."""
     layers = (run.init_stats or {}).get("layers", {})
-    return [(name, s[key]) for name, s in layers.items()
-            if key in s and not (hidden_only and name == "out")]
+    hidden, _ = split_layers(layers)
+    return [(name, layers[name][key]) for name in hidden if key in layers[name]]
 
 
 def percent_curve(run: Run, tag: str) -> list[list[float]]:
@@ -165,7 +174,7 @@ def fmt_outcome(o: dict | None, lang: str) -> str:
         return (f"diverged at step {step}" if lang == "en" else f"divergiu no passo {step}")
     if status in ("running", "failed"):
         return STATUS[status][lang]
-    text = pct(o["test_acc"], lang)
+    text = pct(o["test_acc_pct"], lang)
     return text + (f" ({STATUS['stalled'][lang]})" if status == "stalled" else "")
 
 

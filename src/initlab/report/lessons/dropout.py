@@ -51,7 +51,7 @@ def describe(n: dict, lang: str) -> list[str]:
     others = [v for k, v in rates.items() if k != "0"]
     if base and others and base["gap"] is not None:
         narrower = [v for v in others if v["gap"] is not None and v["gap"] < base["gap"]]
-        higher = [v for v in others if (v["test_acc"] or 0) > (base["test_acc"] or 0)]
+        higher = [v for v in others if (v["test_acc_pct"] or 0) > (base["test_acc_pct"] or 0)]
         at = pick(lang, "at", "com")
         gaps = join([f"{fixed(v['gap'], lang)} {at} p={num(v['p'], lang)}" for v in others], lang)
         tests = join([f"{fmt_outcome(v['outcome'], lang)} {at} p={num(v['p'], lang)}" for v in others],
@@ -62,15 +62,15 @@ def describe(n: dict, lang: str) -> list[str]:
         narrows_pt = ("reduz a diferença em todas as taxas testadas" if everywhere
                       else "não reduz a diferença em todas as taxas")
         out.append(pick(lang, f"On {integer(base['train_samples'], lang)} training examples without "
-                              f"dropout the CNN reaches {pct(base['train_acc'], lang)} on its training "
-                              f"data and {pct(base['val_acc'], lang)} on validation (gap "
+                              f"dropout the CNN reaches {pct(base['train_acc_pct'], lang)} on its training "
+                              f"data and {pct(base['val_acc_pct'], lang)} on validation (gap "
                               f"{fixed(base['gap'], lang)} points, both evaluated the same way). "
                               f"Dropout {narrows_en} ({gaps}) and test accuracy is higher than without it "
                               f"({fmt_outcome(base['outcome'], lang)}) at "
                               f"{len(higher)} of {len(others)} rates ({tests}).",
                         f"Com {integer(base['train_samples'], lang)} exemplos de treino e sem abandono, "
-                        f"a CNN chega a {pct(base['train_acc'], lang)} nos dados de treino e "
-                        f"{pct(base['val_acc'], lang)} na validação (diferença de "
+                        f"a CNN chega a {pct(base['train_acc_pct'], lang)} nos dados de treino e "
+                        f"{pct(base['val_acc_pct'], lang)} na validação (diferença de "
                         f"{fixed(base['gap'], lang)} pontos, as duas medidas do mesmo jeito). O "
                         f"abandono {narrows_pt} ({gaps}) e a acurácia de teste fica acima da obtida sem ele "
                         f"({fmt_outcome(base['outcome'], lang)}) em {len(higher)} de {len(others)} "
@@ -115,7 +115,8 @@ def table(n: dict, lang: str) -> list[str]:
                  "| acurácia perdida sem a unidade mais importante (pontos) | sem as 10 mais importantes |"),
             "|---|---|---|---|---|---|---|"]
     for v in n["rates"].values():
-        rows.append(f"| {num(v['p'], lang)} | {pct(v['train_acc'], lang)} | {pct(v['val_acc'], lang)} "
+        rows.append(f"| {num(v['p'], lang)} | {pct(v['train_acc_pct'], lang)} "
+                    f"| {pct(v['val_acc_pct'], lang)} "
                     f"| {fixed(v['gap'], lang)} | {fmt_outcome(v['outcome'], lang)} "
                     f"| {fixed(v['max_drop'], lang, 2)} | {fixed(v['top_k_drop'], lang, 2)} |")
     return rows
@@ -139,8 +140,8 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
                                 f"{fixed(v['max_drop'], lang, 2)}" for v in [base, *others])))
     if base["gap"] is not None:
         helps = all(v["gap"] is not None and v["gap"] < base["gap"]
-                    and (v["test_acc"] or 0) > (base["test_acc"] or 0) for v in others)
-        some = any((v["test_acc"] or 0) > (base["test_acc"] or 0) for v in others)
+                    and (v["test_acc_pct"] or 0) > (base["test_acc_pct"] or 0) for v in others)
+        some = any((v["test_acc_pct"] or 0) > (base["test_acc_pct"] or 0) for v in others)
         out.append((pick(lang, "Dropout helps against overfitting", "O abandono ajuda contra o sobreajuste"),
                     "confirmed" if helps else "qualified" if some else "contradicted",
                     "; ".join(f"p={num(v['p'], lang)}: " + pick(lang, "gap ", "diferença ")
@@ -159,7 +160,7 @@ def draw(n: dict, lang: str, path) -> None:
            ylabel=pick(lang, "training − validation (points)", "treino − validação (pontos)"),
            title=pick(lang, "generalisation gap, like for like", "diferença de generalização"))
     ax = axes[0][1]
-    ax.plot(labels, [v["test_acc"] for v in rates], marker="s", color="C1")
+    ax.plot(labels, [v["test_acc_pct"] for v in rates], marker="s", color="C1")
     ax.set(xlabel=pick(lang, "dropout rate p", "taxa de abandono p"),
            ylabel=pick(lang, "test accuracy (%)", "acurácia de teste (%)"),
            title=pick(lang, "test accuracy", "acurácia de teste"))

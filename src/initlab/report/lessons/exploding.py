@@ -47,7 +47,7 @@ def measure(runs: list[Run]) -> dict:
                      "growth": back[0][1] / back[-1][1] if back and back[-1][1] else None,
                      "gain": choice(run, "init.gain"), "loss": [list(p) for p in run.scalars("train/loss")],
                      "outcome": outcome(run), "status": outcome(run)["status"],
-                     "test_acc": outcome(run)["test_acc"],
+                     "test_acc_pct": outcome(run)["test_acc_pct"],
                      "diverged_step": (run.result or {}).get("diverged_step")}
     depth = next((choice(r, "model.depth") for r in runs), None)
     return {"arms": arms, "depth": depth, "shared": shared}
@@ -81,8 +81,8 @@ def describe(n: dict, lang: str) -> list[str]:
                            else f"não diverge ({fmt_outcome(big['outcome'], lang)}).")))
     cures = {a: v for a, v in arms.items() if a != "too_large"}
     if cures:
-        trained = {a: v for a, v in cures.items() if v["test_acc"] is not None}
-        best = max(trained, key=lambda a: trained[a]["test_acc"]) if trained else None
+        trained = {a: v for a, v in cures.items() if v["test_acc_pct"] is not None}
+        best = max(trained, key=lambda a: trained[a]["test_acc_pct"]) if trained else None
         parts = [pick(lang, f"{_name(a, lang)}: gradient ×{num(v['growth'], lang, 2)} toward the input, "
                             f"{fmt_outcome(v['outcome'], lang)}",
                       f"{_name(a, lang)}: gradiente ×{num(v['growth'], lang, 2)} em direção à entrada, "

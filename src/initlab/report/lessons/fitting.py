@@ -44,11 +44,11 @@ def gap_numbers(run: Run) -> dict:
     pairs = [(s, by_step.get(s, by_step.get(s + 1)), v) for s, v in val]
     pairs = [p for p in pairs if p[1] is not None]
     step, t, v = pairs[-1] if pairs else (None, None, None)
-    return {"train_curve": train, "val_curve": val, "step": step, "train_acc": t, "val_acc": v,
+    return {"train_curve": train, "val_curve": val, "step": step, "train_acc_pct": t, "val_acc_pct": v,
             "gap": t - v if t is not None and v is not None else None,
             "subset": choice(run, "callbacks.train_eval.num_examples"),
             "train_samples": choice(run, "data.train_samples"),
-            "outcome": outcome(run), "test_acc": outcome(run)["test_acc"]}
+            "outcome": outcome(run), "test_acc_pct": outcome(run)["test_acc_pct"]}
 
 
 def measure(runs: list[Run]) -> dict:
@@ -74,46 +74,51 @@ def describe(n: dict, lang: str) -> list[str]:
                         f"{integer(some['subset'], lang)} exemplos de treino (todos, quando há "
                         f"menos), no passo da última validação."))
     under, over, reg = arms.get("underfit"), arms.get("overfit"), arms.get("regularized")
-    if under and over and under["train_acc"] is not None and over["train_acc"] is not None:
-        lower = under["train_acc"] < over["train_acc"] - 5
+    if under and over and under["train_acc_pct"] is not None and over["train_acc_pct"] is not None:
+        lower = under["train_acc_pct"] < over["train_acc_pct"] - 5
         learned_en = ("it has not learned even the training data" if lower
                       else "it fits the training data as well as the large model")
         learned_pt = ("não aprendeu nem os dados de treino" if lower
                       else "ajusta os dados de treino tão bem quanto o modelo grande")
-        out.append(pick(lang, f"Underfit (2-2-4 units): training accuracy {pct(under['train_acc'], lang)}, "
-                              f"validation {pct(under['val_acc'], lang)} (gap {fixed(under['gap'], lang)} "
+        out.append(pick(lang, f"Underfit (2-2-4 units): training accuracy "
+                              f"{pct(under['train_acc_pct'], lang)}, "
+                              f"validation {pct(under['val_acc_pct'], lang)} "
+                              f"(gap {fixed(under['gap'], lang)} "
                               f"points): {learned_en}"
-                              f" ({pct(over['train_acc'], lang)} for the overfit arm).",
-                        f"Sub-ajuste (2-2-4 unidades): acurácia de treino {pct(under['train_acc'], lang)}, "
-                        f"validação {pct(under['val_acc'], lang)} (diferença de {fixed(under['gap'], lang)} "
+                              f" ({pct(over['train_acc_pct'], lang)} for the overfit arm).",
+                        f"Sub-ajuste (2-2-4 unidades): acurácia de treino "
+                        f"{pct(under['train_acc_pct'], lang)}, "
+                        f"validação {pct(under['val_acc_pct'], lang)} "
+                        f"(diferença de {fixed(under['gap'], lang)} "
                         f"pontos): {learned_pt}"
-                        f" ({pct(over['train_acc'], lang)} no braço de sobreajuste)."))
-    if over and over["train_acc"] is not None:
-        almost = over["train_acc"] >= 98
+                        f" ({pct(over['train_acc_pct'], lang)} no braço de sobreajuste)."))
+    if over and over["train_acc_pct"] is not None:
+        almost = over["train_acc_pct"] >= 98
         wider = over["gap"] > 2
         out.append(pick(lang, f"Overfit (the full CNN on {integer(over['train_samples'], lang)} examples): "
-                              f"training accuracy {pct(over['train_acc'], lang)}"
+                              f"training accuracy {pct(over['train_acc_pct'], lang)}"
                               f"{' (it fits its training set almost entirely)' if almost else ''}, "
-                              f"validation {pct(over['val_acc'], lang)}: a gap of "
+                              f"validation {pct(over['val_acc_pct'], lang)}: a gap of "
                               f"{fixed(over['gap'], lang)} points, "
                               f"{'what it memorised' if wider else 'little memorised'}.",
                         f"Sobreajuste (a CNN completa com {integer(over['train_samples'], lang)} exemplos): "
-                        f"acurácia de treino {pct(over['train_acc'], lang)}"
+                        f"acurácia de treino {pct(over['train_acc_pct'], lang)}"
                         f"{' (acerta quase todo o conjunto de treino)' if almost else ''}, validação "
-                        f"{pct(over['val_acc'], lang)}: uma diferença de {fixed(over['gap'], lang)} "
+                        f"{pct(over['val_acc_pct'], lang)}: uma diferença de {fixed(over['gap'], lang)} "
                         f"pontos, {'o que ela decorou' if wider else 'pouco decorado'}."))
     if over and reg and over["gap"] is not None and reg["gap"] is not None:
         narrows = reg["gap"] < over["gap"]
-        gain = (reg["test_acc"] or 0) - (over["test_acc"] or 0)
+        gain = (reg["test_acc_pct"] or 0) - (over["test_acc_pct"] or 0)
         out.append(pick(lang, f"Regularized (dropout, L2 and augmentation): training "
-                              f"{pct(reg['train_acc'], lang)}, validation {pct(reg['val_acc'], lang)}; the "
+                              f"{pct(reg['train_acc_pct'], lang)}, "
+                              f"validation {pct(reg['val_acc_pct'], lang)}; the "
                               f"gap {'narrows' if narrows else 'widens'} from {fixed(over['gap'], lang)} to "
                               f"{fixed(reg['gap'], lang)} points and test accuracy "
                               f"{'rises' if gain > 0 else 'falls'} by {fixed(abs(gain), lang)} points "
                               f"({fmt_outcome(over['outcome'], lang)} → "
                               f"{fmt_outcome(reg['outcome'], lang)}).",
                         f"Regularizado (abandono, L2 e expansão de dados): treino "
-                        f"{pct(reg['train_acc'], lang)}, validação {pct(reg['val_acc'], lang)}; a "
+                        f"{pct(reg['train_acc_pct'], lang)}, validação {pct(reg['val_acc_pct'], lang)}; a "
                         f"diferença {'cai' if narrows else 'aumenta'} de {fixed(over['gap'], lang)} para "
                         f"{fixed(reg['gap'], lang)} pontos e a acurácia de teste "
                         f"{'sobe' if gain > 0 else 'cai'} {fixed(abs(gain), lang)} pontos "
@@ -127,8 +132,8 @@ def table(n: dict, lang: str) -> list[str]:
                  "| teste |"),
             "|---|---|---|---|---|---|"]
     for arm, v in n["arms"].items():
-        rows.append(f"| {_name(arm, lang)} | {integer(v['step'], lang)} | {pct(v['train_acc'], lang)} "
-                    f"| {pct(v['val_acc'], lang)} | {fixed(v['gap'], lang)} | "
+        rows.append(f"| {_name(arm, lang)} | {integer(v['step'], lang)} | {pct(v['train_acc_pct'], lang)} "
+                    f"| {pct(v['val_acc_pct'], lang)} | {fixed(v['gap'], lang)} | "
                     f"{fmt_outcome(v['outcome'], lang)} |")
     return rows
 
@@ -139,20 +144,20 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
     if over and over["gap"] is not None:
         out.append((pick(lang, "Overfitting fits the training data almost entirely but errs on new data",
                          "O sobreajuste acerta quase todo o treino, mas erra nos dados novos"),
-                    "confirmed" if over["train_acc"] >= 98 and over["gap"] > 2 else
+                    "confirmed" if over["train_acc_pct"] >= 98 and over["gap"] > 2 else
                     "qualified" if over["gap"] > 0 else "contradicted",
                     pick(lang, "overfit: training ", "sobreajuste: treino ")
-                    + f"{pct(over['train_acc'], lang)}, " + pick(lang, "validation ", "validação ")
-                    + pct(over["val_acc"], lang)))
-    if under and over and under["train_acc"] is not None:
+                    + f"{pct(over['train_acc_pct'], lang)}, " + pick(lang, "validation ", "validação ")
+                    + pct(over["val_acc_pct"], lang)))
+    if under and over and under["train_acc_pct"] is not None:
         out.append((pick(lang, "Underfitting has not learned enough even on the training data",
                          "O sub-ajuste não aprendeu o suficiente nem no treino"),
-                    "confirmed" if under["train_acc"] < over["train_acc"] - 5 else "contradicted",
+                    "confirmed" if under["train_acc_pct"] < over["train_acc_pct"] - 5 else "contradicted",
                     pick(lang, "underfit: training ", "sub-ajuste: treino ")
-                    + f"{pct(under['train_acc'], lang)} " + pick(lang, "vs", "contra")
-                    + f" {pct(over['train_acc'], lang)}"))
+                    + f"{pct(under['train_acc_pct'], lang)} " + pick(lang, "vs", "contra")
+                    + f" {pct(over['train_acc_pct'], lang)}"))
     if over and reg and reg["gap"] is not None:
-        better = reg["gap"] < over["gap"] and (reg["test_acc"] or 0) > (over["test_acc"] or 0)
+        better = reg["gap"] < over["gap"] and (reg["test_acc_pct"] or 0) > (over["test_acc_pct"] or 0)
         out.append((pick(lang, "A balance is needed: regularization narrows the gap",
                          "É preciso equilíbrio: a regularização reduz a diferença"),
                     "confirmed" if better else "qualified",
@@ -182,14 +187,14 @@ def draw_curves(ax, items: list[tuple[str, dict]], lang: str) -> None:
 
 def draw_bars(ax, items: list[tuple[str, dict]], lang: str) -> None:
     xs = range(len(items))
-    ax.bar([x - 0.2 for x in xs], [v["train_acc"] or 0 for _, v in items], 0.4,
+    ax.bar([x - 0.2 for x in xs], [v["train_acc_pct"] or 0 for _, v in items], 0.4,
            label=pick(lang, "training (evaluated)", "treino (avaliado)"), color="C0")
-    ax.bar([x + 0.2 for x in xs], [v["val_acc"] or 0 for _, v in items], 0.4,
+    ax.bar([x + 0.2 for x in xs], [v["val_acc_pct"] or 0 for _, v in items], 0.4,
            label=pick(lang, "validation", "validação"), color="C1", hatch="//")
     for x, (_, v) in zip(xs, items):
         if v["gap"] is not None:
             ax.annotate(pick(lang, f"gap {fixed(v['gap'], lang)}", f"dif. {fixed(v['gap'], lang)}"),
-                        (x, max(v["train_acc"], v["val_acc"]) + 1), ha="center", fontsize=8)
+                        (x, max(v["train_acc_pct"], v["val_acc_pct"]) + 1), ha="center", fontsize=8)
     ax.set_xticks(list(xs))
     ax.set_xticklabels([label for label, _ in items])
     ax.set(ylim=(0, 110), ylabel=pick(lang, "accuracy at the same step (%)", "acurácia no mesmo passo (%)"),

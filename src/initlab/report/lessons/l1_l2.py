@@ -46,7 +46,7 @@ def weight_totals(run: Run) -> dict:
 def measure(runs: list[Run]) -> dict:
     table, shared = by(runs, "l1", "l2")
     cells = {f"l1={l1:g},l2={l2:g}": {"l1": l1, "l2": l2, **weight_totals(run), "outcome": outcome(run),
-                                      "test_acc": outcome(run)["test_acc"]}
+                                      "test_acc_pct": outcome(run)["test_acc_pct"]}
              for (l1, l2), run in sorted(table.items())}
     threshold = next((c["threshold"] for c in cells.values() if c.get("threshold")), None)
     return {"cells": cells, "threshold": threshold, "shared": shared}
@@ -69,7 +69,7 @@ def describe(n: dict, lang: str) -> list[str]:
         coef = c["l1"] if name == "L1" else c["l2"]
         sparser = c["near_zero"] > none["near_zero"] + 5
         smaller = c["weight_l2"] < none["weight_l2"]
-        diff = (c["test_acc"] or 0) - (none["test_acc"] or 0)
+        diff = (c["test_acc_pct"] or 0) - (none["test_acc_pct"] or 0)
         out.append(pick(lang,
                         f"{name} at {num(coef, lang)}: {pct(c['near_zero'], lang)} of the weights end "
                         f"below {thr} in magnitude ({pct(none['near_zero'], lang)} without a penalty: "
@@ -135,7 +135,7 @@ def draw(n: dict, lang: str, path) -> None:
         name = pick(lang, f"{penalty.upper()} only", f"só {penalty.upper()}")
         axes[0][0].plot(labels, [c["near_zero"] for c in cells], label=name, **style(i))
         axes[0][1].plot(labels, [c["weight_l2"] for c in cells], label=name, **style(i))
-        axes[0][2].plot(labels, [c["test_acc"] for c in cells], label=name, **style(i))
+        axes[0][2].plot(labels, [c["test_acc_pct"] for c in cells], label=name, **style(i))
     thr = num(n["threshold"], lang)
     axes[0][0].set(xlabel=coef, ylabel=pick(lang, f"% of weights with |w| < {thr}", f"% dos pesos "
                                                                                     f"com |w| < {thr}"),

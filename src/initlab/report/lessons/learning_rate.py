@@ -6,7 +6,7 @@ import math
 
 from initlab.report.collect import Run
 from initlab.report.lessons.common import (
-    best_val,
+    best_val_pct,
     by,
     choice,
     fixed,
@@ -38,15 +38,16 @@ def measure(runs: list[Run]) -> dict:
                      "shared": shared}
     for (lr,), run in table.items():
         loss = run.scalars("train/loss")
-        numbers[f"{lr:g}"] = {"lr": lr, "outcome": outcome(run), "test_acc": outcome(run)["test_acc"],
-                              "status": outcome(run)["status"], "best_val_acc": best_val(run),
+        numbers[f"{lr:g}"] = {"lr": lr, "outcome": outcome(run), "test_acc_pct": outcome(run)["test_acc_pct"],
+                              "status": outcome(run)["status"], "best_val_acc_pct": best_val_pct(run),
                               "diverged_step": (run.result or {}).get("diverged_step"),
                               "loss": [list(p) for p in loss],
                               "first_loss": loss[0][1] if loss else None,
                               "last_loss": loss[-1][1] if loss else None}
-    scored = [lr for lr in numbers["rates"] if numbers[f"{lr:g}"]["best_val_acc"] is not None
-              and numbers[f"{lr:g}"]["test_acc"] is not None]
-    numbers["best_lr"] = max(scored, key=lambda lr: numbers[f"{lr:g}"]["best_val_acc"]) if scored else None
+    scored = [lr for lr in numbers["rates"] if numbers[f"{lr:g}"]["best_val_acc_pct"] is not None
+              and numbers[f"{lr:g}"]["test_acc_pct"] is not None]
+    numbers["best_lr"] = (max(scored, key=lambda lr: numbers[f"{lr:g}"]["best_val_acc_pct"])
+                          if scored else None)
     found = next(((f, r) for r in runs if (f := read_json(r, "lr_find.json"))), None)
     if found:
         found, run = found
@@ -89,8 +90,8 @@ def describe(n: dict, lang: str) -> list[str]:
                     f"Em {n['steps']} passos de SGD, a melhor taxa pela validação, "
                     f"{num(best['lr'], lang)}, chega a {fmt_outcome(best['outcome'], lang)} de "
                     f"acurácia de teste")
-        if small is not best and small["test_acc"] is not None:
-            gap = best["test_acc"] - small["test_acc"]
+        if small is not best and small["test_acc_pct"] is not None:
+            gap = best["test_acc_pct"] - small["test_acc_pct"]
             where = pick(lang, "below" if gap > 0 else "above", "abaixo" if gap > 0 else "acima")
             moves = _slow(small)
             text += pick(lang, f"; the smallest, {small['lr']:g}, reaches "
@@ -163,7 +164,7 @@ def table(n: dict, lang: str) -> list[str]:
     for lr in n["rates"]:
         r = _rate(n, lr)
         best = pick(lang, " (best)", " (melhor)") if lr == n.get("best_lr") else ""
-        val = "-" if r["best_val_acc"] is None else f"{fixed(r['best_val_acc'], lang)}%"
+        val = "-" if r["best_val_acc_pct"] is None else f"{fixed(r['best_val_acc_pct'], lang)}%"
         rows.append(f"| {num(lr, lang)}{best} | {val} | {fmt_outcome(r['outcome'], lang)} "
                     f"| {num(r['first_loss'], lang)} → {num(r['last_loss'], lang)} |")
     return rows
@@ -174,7 +175,7 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
         return []
     best, small, large = (_rate(n, lr) for lr in (n["best_lr"], n["rates"][0], n["rates"][-1]))
     out = []
-    far = small["test_acc"] is not None and small["test_acc"] < best["test_acc"] - 20
+    far = small["test_acc_pct"] is not None and small["test_acc_pct"] < best["test_acc_pct"] - 20
     out.append((pick(lang, "A small learning rate may not converge in reasonable time",
                      "Uma taxa de aprendizagem pequena pode não convergir em tempo razoável"),
                 "confirmed" if far and _slow(small) else "qualified" if far else "contradicted",
@@ -199,14 +200,14 @@ def draw(n: dict, lang: str, path) -> None:
     fig, axes = panels(3)
     ax = axes[0][0]
     rates = n["rates"]
-    accs = [_rate(n, lr)["test_acc"] for lr in rates]
+    accs = [_rate(n, lr)["test_acc_pct"] for lr in rates]
     ax.plot(rates, [a if a is not None else math.nan for a in accs], marker="o")
     for lr in rates:
         r = _rate(n, lr)
         if r["status"] in ("stalled", "diverged"):
             word = {"stalled": pick(lang, "stalled", "estagnada"),
                     "diverged": pick(lang, "diverged", "divergiu")}[r["status"]]
-            ax.annotate(word, (lr, (r["test_acc"] or 10) + 4), ha="center", fontsize=8, rotation=90,
+            ax.annotate(word, (lr, (r["test_acc_pct"] or 10) + 4), ha="center", fontsize=8, rotation=90,
                         va="bottom")
     ax.set(xscale="log", xlabel=pick(lang, "learning rate (SGD)", "taxa de aprendizagem (SGD)"),
            ylabel=pick(lang, "test accuracy (%)", "acurácia de teste (%)"),

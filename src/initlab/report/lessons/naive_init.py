@@ -41,17 +41,19 @@ def measure(runs: list[Run]) -> dict:
             run = table.get((act, init))
             if run is None:
                 continue
-            sat = [v for _, v in init_layer_stat(run, "activation_saturated")]
+            saturated = init_layer_stat(run, "activation_saturated")
+            sat = [v for _, v in saturated]
+            top_layer = saturated[-1][0] if saturated else None
             std = [v for _, v in init_layer_stat(run, "activation_std")]
             back = [v for _, v in init_layer_stat(run, "backprop_std")]
             depth = len(sat)
-            top = [[s, 100 * v] for s, v in run.scalars(f"activation/fc{depth}/saturated")]
+            top = [[s, 100 * v] for s, v in run.scalars(f"activation/{top_layer}/saturated")]
             stop = (run.result or {}).get("diverged_step")
             if stop is not None:  # probes after the loss stopped being finite measure a broken net
                 top = [p for p in top if p[0] <= stop]
-            top_mean = run.scalars(f"activation/fc{depth}/mean")
+            top_mean = run.scalars(f"activation/{top_layer}/mean")
             cells[f"{act}/{init}"] = {
-                "activation": act, "init": init, "depth": depth,
+                "activation": act, "init": init, "depth": depth, "top_layer": top_layer,
                 "saturated_init": [100 * v for v in sat], "std_init": std,
                 "saturated_mean_init": mean(100 * v for v in sat),
                 "std_last_init": std[-1] if std else None,
@@ -60,12 +62,12 @@ def measure(runs: list[Run]) -> dict:
                 "top_saturated_max": max((v for _, v in top), default=None),
                 "top_saturated_max_step": max(top, key=lambda p: p[1])[0] if top else None,
                 "top_mean_last": top_mean[-1][1] if top_mean else None,
-                "outcome": outcome(run), "test_acc": outcome(run)["test_acc"]}
+                "outcome": outcome(run), "test_acc_pct": outcome(run)["test_acc_pct"]}
     return {"cells": cells, "shared": shared}
 
 
 def _acc(cell: dict | None) -> float:
-    return -1.0 if cell is None or cell["test_acc"] is None else cell["test_acc"]
+    return -1.0 if cell is None or cell["test_acc_pct"] is None else cell["test_acc_pct"]
 
 
 def describe(n: dict, lang: str) -> list[str]:
@@ -119,28 +121,28 @@ def _explain(xav: dict, naive: list[dict], lang: str) -> str:
     parts = []
     if peak is not None and saturates:
         parts.append(pick(lang,
-                          f"its top hidden layer (fc{xav['depth']}) goes from {pct(start, lang)} "
+                          f"its top hidden layer ({xav['top_layer']}) goes from {pct(start, lang)} "
                           f"saturated at init to {pct(peak, lang)} at step {step}, the saturation "
                           f"of Glorot & Bengio's Fig. 2",
-                          f"a última camada oculta (fc{xav['depth']}) passa de {pct(start, lang)} "
+                          f"a última camada oculta ({xav['top_layer']}) passa de {pct(start, lang)} "
                           f"de unidades saturadas no início para {pct(peak, lang)} no passo {step}, "
                           f"a saturação da Fig. 2 de Glorot e Bengio"))
     elif peak is not None and peak < 0.05:
         parts.append(pick(lang,
-                          f"none of the units of its top hidden layer (fc{xav['depth']}) saturates "
+                          f"none of the units of its top hidden layer ({xav['top_layer']}) saturates "
                           f"during training and their mean activation ends at "
                           f"{num(xav['top_mean_last'], lang, 2)}: the saturation of Glorot & Bengio's "
                           f"Fig. 2 does not happen here",
-                          f"nenhuma unidade da última camada oculta (fc{xav['depth']}) satura durante "
+                          f"nenhuma unidade da última camada oculta ({xav['top_layer']}) satura durante "
                           f"o treino, e a ativação média termina em {num(xav['top_mean_last'], lang, 2)}: "
                           f"a saturação da Fig. 2 de Glorot e Bengio não acontece aqui"))
     elif peak is not None:
         parts.append(pick(lang,
-                          f"its top hidden layer (fc{xav['depth']}) never has more than "
+                          f"its top hidden layer ({xav['top_layer']}) never has more than "
                           f"{pct(peak, lang)} of its units saturated during training and its mean "
                           f"activation ends at {num(xav['top_mean_last'], lang, 2)}: the saturation "
                           f"of Glorot & Bengio's Fig. 2 does not happen here",
-                          f"a última camada oculta (fc{xav['depth']}) nunca tem mais de "
+                          f"a última camada oculta ({xav['top_layer']}) nunca tem mais de "
                           f"{pct(peak, lang)} das unidades saturadas durante o treino, e a ativação "
                           f"média termina em {num(xav['top_mean_last'], lang, 2)}: a saturação da "
                           f"Fig. 2 de Glorot e Bengio não acontece aqui"))
@@ -228,9 +230,9 @@ def draw(n: dict, lang: str, path) -> None:
                                     f"{name}: desvio padrão das ativações"),
                          xlabel=pick(lang, "hidden layer", "camada oculta"), yscale="log",
                          ylabel=pick(lang, "std (log scale)", "desvio padrão (escala log)"))
-        depth = mine[0]["depth"] if mine else "?"
-        axes[2][col].set(title=pick(lang, f"{name}: top layer fc{depth} during training",
-                                    f"{name}: última camada fc{depth} no treino"),
+        top = mine[0]["top_layer"] if mine else "?"
+        axes[2][col].set(title=pick(lang, f"{name}: top layer {top} during training",
+                                    f"{name}: última camada {top} no treino"),
                          xlabel=pick(lang, "step", "passo"),
                          ylabel=pick(lang, f"% of units {sat_word}", f"% de unidades {sat_word}"),
                          ylim=(-3, 103))

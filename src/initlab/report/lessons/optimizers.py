@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from initlab.report.collect import Run
 from initlab.report.lessons.common import (
-    best_val,
+    best_val_pct,
     by,
     fixed,
     fmt_outcome,
@@ -52,15 +52,16 @@ def measure(runs: list[Run]) -> dict:
     for name in names:
         rows = sorted(((lr, run) for (opt, lr), run in table.items() if opt == name),
                       key=lambda pair: pair[0])
-        grid[name] = [{"lr": lr, "best_val": best_val(run), "outcome": outcome(run)} for lr, run in rows]
-        scored = [(lr, run) for lr, run in rows if best_val(run) is not None]
+        grid[name] = [{"lr": lr, "best_val_acc_pct": best_val_pct(run), "outcome": outcome(run)}
+                      for lr, run in rows]
+        scored = [(lr, run) for lr, run in rows if best_val_pct(run) is not None]
         if not scored:
             continue
-        lr, run = max(scored, key=lambda pair: best_val(pair[1]))
+        lr, run = max(scored, key=lambda pair: best_val_pct(pair[1]))
         ratio = update_ratio_mean(run)
         k = max(1, len(ratio) // 10)
-        best[name] = {"lr": lr, "best_val": best_val(run), "outcome": outcome(run),
-                      "test_acc": outcome(run)["test_acc"],
+        best[name] = {"lr": lr, "best_val_acc_pct": best_val_pct(run), "outcome": outcome(run),
+                      "test_acc_pct": outcome(run)["test_acc_pct"],
                       "loss": [list(p) for p in run.scalars("train/loss")],
                       "val": percent_curve(run, "val/acc"), "ratio": ratio,
                       "step_early": 10 ** statistics.mean(v for _, v in ratio[:k]) if ratio else None,
@@ -122,17 +123,19 @@ def describe(n: dict, lang: str) -> list[str]:
                            f"nenhum diminui mais que o SGD ({num(ratio_sgd, lang, 2)}x)")))
         out.append("; ".join(parts)[0].upper() + "; ".join(parts)[1:] + ".")
     for k, v in best.items():
-        if v["test_acc"] is not None and v["best_val"] - v["test_acc"] > 3:
+        if v["test_acc_pct"] is not None and v["best_val_acc_pct"] - v["test_acc_pct"] > 3:
             last = v["val"][-1][1] if v["val"] else None
-            out.append(pick(lang, f"{NAME[k]}'s best validation accuracy ({pct(v['best_val'], lang)}) "
+            out.append(pick(lang, f"{NAME[k]}'s best validation accuracy "
+                                  f"({pct(v['best_val_acc_pct'], lang)}) "
                                   f"is not where it ends: its test accuracy at the end of the run is "
                                   f"{fmt_outcome(v['outcome'], lang)}, "
-                                  f"{fixed(v['best_val'] - v['test_acc'], lang)} "
+                                  f"{fixed(v['best_val_acc_pct'] - v['test_acc_pct'], lang)} "
                                   f"points lower; its last validation check reads {pct(last, lang)} (right).",
-                            f"A melhor acurácia de validação do {NAME[k]} ({pct(v['best_val'], lang)}) "
+                            f"A melhor acurácia de validação do {NAME[k]} "
+                            f"({pct(v['best_val_acc_pct'], lang)}) "
                             f"não é onde ele termina: a acurácia de teste no fim da execução é "
                             f"{fmt_outcome(v['outcome'], lang)}, "
-                            f"{fixed(v['best_val'] - v['test_acc'], lang)} "
+                            f"{fixed(v['best_val_acc_pct'] - v['test_acc_pct'], lang)} "
                             f"pontos abaixo; a última validação marca {pct(last, lang)} (à direita)."))
     failed = {k: [r["lr"] for r in rows if r["outcome"]["status"] in ("stalled", "diverged")]
               for k, rows in n["grid"].items()}
@@ -155,7 +158,7 @@ def table(n: dict, lang: str) -> list[str]:
             best = n["best"].get(name, {}).get("lr") == r["lr"]
             chosen = pick(lang, " (best rate)", " (melhor taxa)") if best else ""
             rows.append(f"| {NAME.get(name, name)} | {num(r['lr'], lang)}{chosen} | "
-                        f"{pct(r['best_val'], lang)} "
+                        f"{pct(r['best_val_acc_pct'], lang)} "
                         f"| {fmt_outcome(r['outcome'], lang)} |")
     return rows
 

@@ -18,6 +18,7 @@ from initlab.report.lessons.common import (
     pick,
     read_json,
     save,
+    split_layers,
     style,
 )
 
@@ -38,11 +39,11 @@ def measure(runs: list[Run]) -> dict:
         summary = read_json(run, "weights.json")
         if summary is None:
             continue
-        layers = [n for n in summary["layers"] if n != "out"]
+        layers, _ = split_layers(summary["layers"])
         steps = summary["step"]
         inits[init] = {"distinct_units": [summary["layers"][n]["distinct_units"] for n in layers],
                        "units": summary["layers"][layers[0]]["units"], "outcome": outcome(run),
-                       "test_acc": outcome(run)["test_acc"]}
+                       "test_acc_pct": outcome(run)["test_acc_pct"]}
     return {"inits": inits, "steps": steps, "shared": shared}
 
 
@@ -91,7 +92,7 @@ def describe(n: dict, lang: str) -> list[str]:
                                   f"distinct units out of {units}.",
                             f"Com `init={init}`, as camadas ocultas mantêm de {lo} a {hi} "
                             f"unidades distintas entre {units}."))
-    accs = {i: v["test_acc"] for i, v in inits.items() if v["test_acc"] is not None}
+    accs = {i: v["test_acc_pct"] for i, v in inits.items() if v["test_acc_pct"] is not None}
     if len(accs) >= 2:
         best = max(accs, key=accs.get)
         others = [i for i in accs if i != best]
@@ -119,12 +120,12 @@ def table(n: dict, lang: str) -> list[str]:
 def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
     inits = n["inits"]
     zeros = inits.get("zeros")
-    randoms = [i for i in _random(n) if inits[i]["test_acc"] is not None]
+    randoms = [i for i in _random(n) if inits[i]["test_acc_pct"] is not None]
     if zeros is None or not randoms:
         return []
-    best = max(randoms, key=lambda i: inits[i]["test_acc"])
+    best = max(randoms, key=lambda i: inits[i]["test_acc_pct"])
     identical = max(zeros["distinct_units"]) == 1
-    worse = zeros["test_acc"] is None or zeros["test_acc"] < inits[best]["test_acc"] - 10
+    worse = zeros["test_acc_pct"] is None or zeros["test_acc_pct"] < inits[best]["test_acc_pct"] - 10
     verdict = "confirmed" if identical and worse else "qualified" if identical or worse \
         else "contradicted"
     k = max(zeros["distinct_units"])
@@ -155,7 +156,7 @@ def draw(n: dict, lang: str, path) -> None:
     legend(ax, lang, loc="center right")
     ax = axes[0][1]
     names = list(n["inits"])
-    accs = [n["inits"][i]["test_acc"] or 0 for i in names]
+    accs = [n["inits"][i]["test_acc_pct"] or 0 for i in names]
     bars = ax.bar(names, accs, color=[f"C{i}" for i in range(len(names))])
     for bar, init in zip(bars, names):
         ax.annotate(fmt_outcome(n["inits"][init]["outcome"], lang), (bar.get_x() + bar.get_width() / 2,

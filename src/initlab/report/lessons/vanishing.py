@@ -41,14 +41,15 @@ def measure(runs: list[Run]) -> dict:
     for run in runs:
         act, init, bn = run.activation, run.init, bool(choice(run, "model.batchnorm"))
         depth = choice(run, "model.depth")
-        back = [v for _, v in init_layer_stat(run, "backprop_std")]
+        back = init_layer_stat(run, "backprop_std")
         summary = read_json(run, "weights.json")
         key = f"{act}/{init}/{'bn' if bn else 'plain'}"
         cells.setdefault(key, {"activation": act, "init": init, "bn": bn, "depths": {}})
         cells[key]["depths"][str(depth)] = {
-            "ratio": back[0] / back[-1] if back and back[-1] else None,
-            "fc1_change": summary["layers"]["fc1"]["change_rel"] if summary else None,
-            "outcome": outcome(run), "test_acc": outcome(run)["test_acc"]}
+            "ratio": back[0][1] / back[-1][1] if back and back[-1][1] else None,
+            "first_layer_change": (summary["layers"][back[0][0]]["change_rel"]
+                                   if summary and back else None),
+            "outcome": outcome(run), "test_acc_pct": outcome(run)["test_acc_pct"]}
     depths = sorted({int(d) for c in cells.values() for d in c["depths"]})
     order = {f"{a}/{i}/{b}": k for k, (a, i, b) in enumerate(
         (a, i, b) for a in ACTS for i in ("standard", "xavier") for b in ("plain", "bn"))}
@@ -78,7 +79,7 @@ def describe(n: dict, lang: str) -> list[str]:
             if a.get("ratio") is None or b.get("ratio") is None:
                 continue
             falls = b["ratio"] < a["ratio"]
-            moved = b.get("fc1_change")
+            moved = b.get("first_layer_change")
             still = moved == 0
             parts.append(pick(lang,
                               f"under {c['init']} the first layer's share of the last hidden layer's "
@@ -87,14 +88,14 @@ def describe(n: dict, lang: str) -> list[str]:
                               f"{n['steps']} steps the first layer of the {hi}-layer net "
                               + ("has not moved at all (relative change 0 in float32)" if still else
                                  f"moved {num(moved, lang, 2)} of its norm (against "
-                                 f"{num(a.get('fc1_change'), lang, 2)} at depth {lo})"),
+                                 f"{num(a.get('first_layer_change'), lang, 2)} at depth {lo})"),
                               f"com {c['init']}, a fração do gradiente da última camada oculta que "
                               f"chega à primeira {'cai' if falls else 'sobe'} de {num(a['ratio'], lang)} "
                               f"na profundidade {lo} para {num(b['ratio'], lang)} na {hi}, e depois de "
                               f"{n['steps']} passos a primeira camada da rede de {hi} camadas "
                               + ("não se moveu nada (variação relativa 0 em float32)" if still else
                                  f"variou {num(moved, lang, 2)} da sua norma (contra "
-                                 f"{num(a.get('fc1_change'), lang, 2)} na profundidade {lo})")))
+                                 f"{num(a.get('first_layer_change'), lang, 2)} na profundidade {lo})")))
         if parts:
             out.append(pick(lang, f"{_act(act, lang).capitalize()} without normalization: ",
                             f"{_act(act, lang).capitalize()} sem normalização: ")
@@ -148,7 +149,7 @@ def table(n: dict, lang: str) -> list[str]:
         for d in sorted(c["depths"], key=int):
             r = c["depths"][d]
             rows.append(f"| {_act(c['activation'], lang)} | {c['init']} | {yes if c['bn'] else no} "
-                        f"| {d} | {num(r['ratio'], lang)} | {num(r['fc1_change'], lang)} "
+                        f"| {d} | {num(r['ratio'], lang)} | {num(r['first_layer_change'], lang)} "
                         f"| {fmt_outcome(r['outcome'], lang)} |")
     return rows
 
@@ -173,16 +174,17 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
                     + f"{num(a['ratio'], lang)} ({lo}) → {num(b['ratio'], lang)} ({hi})"))
         out.append((pick(lang, "In very deep networks the first weights barely change",
                          "Em redes muito profundas os primeiros pesos quase não mudam"),
-                    "confirmed" if (b.get("fc1_change") or 0) < 0.1 * (a.get("fc1_change") or 1)
+                    "confirmed" if ((b.get("first_layer_change") or 0)
+                                    < 0.1 * (a.get("first_layer_change") or 1))
                     else "qualified",
                     f"{_act(worst['activation'], lang)}/{worst['init']}: "
                     + pick(lang, "first layer change ", "variação da primeira camada ")
-                    + f"{num(a.get('fc1_change'), lang, 2)} ({lo}) → "
-                      f"{num(b.get('fc1_change'), lang, 2)} ({hi})"))
+                    + f"{num(a.get('first_layer_change'), lang, 2)} ({lo}) → "
+                      f"{num(b.get('first_layer_change'), lang, 2)} ({hi})"))
     both = [c for c in n["cells"].values() if c["bn"] and c["init"] == "xavier"]
     if both:
         drops = [(c, _ends(c, depths)) for c in both]
-        fine = all((b.get("test_acc") or 0) > (a.get("test_acc") or 0) - 5 for _, (a, b) in drops)
+        fine = all((b.get("test_acc_pct") or 0) > (a.get("test_acc_pct") or 0) - 5 for _, (a, b) in drops)
         out.append((pick(lang, "With good initialization and normalization you rarely have to worry",
                          "Com boa inicialização e normalização raramente é preciso se preocupar"),
                     "confirmed" if fine else "qualified",
@@ -198,7 +200,8 @@ def draw(n: dict, lang: str, path) -> None:
     depths = n["depths"]
     for col, act in enumerate(acts):
         mine = [c for c in n["cells"].values() if c["activation"] == act]
-        changes = [d["fc1_change"] for c in mine for d in c["depths"].values() if d["fc1_change"]]
+        changes = [d["first_layer_change"] for c in mine for d in c["depths"].values()
+                   if d["first_layer_change"]]
         floor = min(changes) / 10 if changes else 1e-12
         zero_seen = False
         for i, c in enumerate(mine):
@@ -208,7 +211,7 @@ def draw(n: dict, lang: str, path) -> None:
                               label=_label(c, lang), **look)
             ys = []
             for d in ds:
-                v = c["depths"][d]["fc1_change"]
+                v = c["depths"][d]["first_layer_change"]
                 zero_seen |= v == 0
                 ys.append(floor if v == 0 else v)
             axes[1][col].plot([int(d) for d in ds], ys, label=_label(c, lang), **look)

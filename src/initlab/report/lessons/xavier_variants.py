@@ -20,6 +20,7 @@ from initlab.report.lessons.common import (
     panels,
     pick,
     save,
+    split_layers,
     style,
 )
 
@@ -39,15 +40,15 @@ def measure(runs: list[Run]) -> dict:
     cells = {}
     for (arm, act, init), run in table.items():
         layers = (run.init_stats or {}).get("layers", {})
-        hidden = [n for n in layers if n != "out"]
+        hidden, output = split_layers(layers)
         fwd = [v for _, v in init_layer_stat(run, "activation_std")]
         back = [v for _, v in init_layer_stat(run, "backprop_std")]
         cell = {"arm": arm or "equal", "activation": act, "init": init,
                 "widths": [layers[n]["fan_out"] for n in hidden],
                 "std": fwd, "backprop": back,
                 "fan_in_var": [layers[n]["fan_in_var"] for n in hidden],
-                "fan_out_var": [layers[n]["fan_out_var"] for n in [*hidden[1:], "out"] if n in layers],
-                "outcome": outcome(run), "test_acc": outcome(run)["test_acc"],
+                "fan_out_var": [layers[n]["fan_out_var"] for n in [*hidden[1:], output] if n in layers],
+                "outcome": outcome(run), "test_acc_pct": outcome(run)["test_acc_pct"],
                 "steps": (run.result or {}).get("steps"), "depth": choice(run, "model.depth")}
         # the derivation on each layer after the first (its input is the previous layer's
         # zero-mean output): Var(Y)/Var(X) forward against n_in Var(W), and the gradient's
@@ -161,7 +162,7 @@ def describe(n: dict, lang: str) -> list[str]:
     if all(relu.values()):
         he = relu["he"]
         others = [relu["lecun"], relu["xavier"]]
-        best = all((he["test_acc"] or 0) > (c["test_acc"] or 0) for c in others)
+        best = all((he["test_acc_pct"] or 0) > (c["test_acc_pct"] or 0) for c in others)
         shrink = join([num(c["std"][-1] / c["std"][0], lang, 2) for c in others], lang)
         out.append(pick(lang,
                         f"For ReLU, which zeroes half the signal, the factor 2 decides: under "
@@ -228,7 +229,7 @@ def verdicts(n: dict, lang: str) -> list[tuple[str, str, str]]:
                          f"{num(fx['forward_total'], lang, 2)} e {num(fx['backward_total'], lang, 2)}")))
     relu = {i: _get(n, "equal", "relu", i) for i in INITS}
     if all(relu.values()):
-        best = max(relu, key=lambda i: relu[i]["test_acc"] or 0)
+        best = max(relu, key=lambda i: relu[i]["test_acc_pct"] or 0)
         out.append((pick(lang, "He's 2/n_in is another variation (for ReLU)",
                          "A de He, 2/n_in, é outra variação (para ReLU)"),
                     "confirmed" if best == "he" else "qualified",
