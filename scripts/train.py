@@ -3,6 +3,8 @@
 Groups and options: python scripts/train.py --help
 """
 
+import gc
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -20,7 +22,11 @@ def main(cfg: DictConfig) -> float:
     use_job_logging()
 
     # a multirun goes on past a crashed job (its result.json says failed); one run raises
-    return run(cfg, keep_going=HydraConfig.get().mode == RunMode.MULTIRUN)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    score = run(cfg, keep_going=multirun)
+    if not multirun:  # the process ends here: its last collection need not walk the libraries
+        gc.freeze()
+    return score
 
 
 if __name__ == "__main__":

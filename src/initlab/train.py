@@ -32,7 +32,13 @@ from initlab.data.robustness import check_corruptions
 from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
 from initlab.status import Heartbeat, RunStatus, ValidateAtMaxSteps
-from initlab.utils import atomic_write, process_age_s, retain_freed_memory
+from initlab.utils import (
+    atomic_write,
+    keep_libraries_out_of_gc,
+    process_age_s,
+    release_libraries_to_gc,
+    retain_freed_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +367,7 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
         raise
     clock.watch(trainer, datamodule)
     status = next(c for c in trainer.callbacks if isinstance(c, RunStatus))
+    keep_libraries_out_of_gc()
     try:
         if cfg.get("tune") is not None:
             with clock.phase("tune"):
@@ -379,6 +386,8 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
             raise
         log.exception("run failed; the sweep goes on (result.json: status failed)")
         return math.nan
+    finally:
+        release_libraries_to_gc()
     key = "test/acc" if cfg.test else "val/acc"
     score = math.nan if status.status == "diverged" else metrics.get(key, math.nan)
     _write_result(cfg, trainer, status, metrics, clock, key, score)
