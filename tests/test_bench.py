@@ -65,10 +65,10 @@ def test_bench_quick_whole_processes(tmp_path, capsys):
     per_command = {f"{kind}{name}{suffix}" for name in ("speedrun", "default")
                    for kind, suffix in (("whole_", ""), ("whole_", "_vs_initlab_settings"),
                                         ("", "_initlab_settings_vs_fastest"))}
-    assert set(whole["ratios"]) == per_command | {"first_step_vs_floor",
-                                                  "plain_glibc_defaults_vs_retained"}
+    plain_settings = {"plain_glibc_defaults_vs_retained", "plain_gc_defaults_vs_frozen"}
+    assert set(whole["ratios"]) == per_command | {"first_step_vs_floor"} | plain_settings
     assert all(r > 0 for r in whole["ratios"].values())
-    assert set(whole["ratio_spread"]) == per_command | {"plain_glibc_defaults_vs_retained"}
+    assert set(whole["ratio_spread"]) == per_command | plain_settings
     # the plain script with initlab's settings: per-batch standardising, initlab's format
     assert "--no-normalize-once --channels-last" in " ".join(
         whole["plain_commands_initlab_settings"]["speedrun"])

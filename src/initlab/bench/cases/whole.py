@@ -119,9 +119,11 @@ def case_whole(settings: Settings, data_dir: Path, out: Path) -> dict:
                         ("plain", plains[name] + ["--json", str(plain_json)]),
                         ("plain_initlab_settings",
                          plains[name] + plain_flags[name] + ["--json", str(settings_json)])]
-            if name == "speedrun":  # what retain_freed_memory gains a plain script
+            if name == "speedrun":  # what retain_freed_memory and freeze_gc gain a plain script
                 variants.append(("plain_glibc_defaults", plains[name] + [
                     "--no-retain-freed-memory", "--json", str(glibc_json)]))
+                variants.append(("plain_gc_defaults", plains[name] + [
+                    "--no-freeze-gc", "--json", str(work / f"{name}-{r}-plain-gc.json")]))
             seconds = {}
             for variant, cmd in variants[r % len(variants):] + variants[:r % len(variants)]:
                 plain_json.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +150,11 @@ def case_whole(settings: Settings, data_dir: Path, out: Path) -> dict:
                     seconds["plain_glibc_defaults"] / seconds["plain"])
                 faults["glibc_defaults"].append(glibc["fit_page_faults"])
                 faults["retained"].append(plain["fit_page_faults"])
+            if "plain_gc_defaults" in seconds:
+                times.setdefault(f"{name}_plain_gc_defaults", []).append(
+                    seconds["plain_gc_defaults"])
+                ratios.setdefault("plain_gc_defaults_vs_frozen", []).append(
+                    seconds["plain_gc_defaults"] / seconds["plain"])
             parts[name]["initlab"].append(result["timings_s"])
             parts[name]["plain"].append(plain["phases_s"])
             acc[name]["initlab"].append(result["metrics"].get("test/acc"))
