@@ -28,9 +28,9 @@ QUICK = Settings(quick=True, rounds=1)  # what scripts/bench.py --quick runs wit
 
 
 def test_bench_quick_runs_every_case(tmp_path):
-    """Every in-process case and startup (whole processes: the next test)."""
+    """Every in-process case and startup (whole processes: the next tests)."""
     out = tmp_path / "bench.json"
-    cases = sorted(set(CASES) - {"whole"})
+    cases = sorted(set(CASES) - {"whole", "monitors"})
     results = run(cases, QUICK, out)
     saved = json.loads(out.read_text())
     assert set(saved) == set(cases) | {"machine"}
@@ -54,6 +54,16 @@ def test_bench_quick_runs_every_case(tmp_path):
     assert all(v > 0 for v in saved["formats"]["seconds"].values())
     assert saved["speedrun"]["training_s"] > 0 and "mean_acc >= 0.99" in saved["speedrun"]["goals"]
     assert saved["machine"]["device"] == "cpu" and saved["machine"]["torch"] == torch.__version__
+
+
+def test_bench_quick_monitors_on_the_default_command(tmp_path):
+    """The default command with and without its monitors as whole processes: both ran, and
+    the monitored one's result.json timed its probes."""
+    result = run(["monitors"], QUICK, tmp_path / "bench.json")["monitors"]
+    assert set(result["seconds"]) == {"callbacks_default", "callbacks_none"}
+    assert result["ratios"]["monitors_default_command"] == pytest.approx(
+        result["seconds"]["callbacks_default"] / result["seconds"]["callbacks_none"])
+    assert result["probe_s"] > 0
 
 
 def test_bench_quick_whole_processes(tmp_path, capsys):
