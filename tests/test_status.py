@@ -116,6 +116,21 @@ def test_healthy_run_result(make_cfg, tmp_path):
     assert t["first_step"] < t["total"]
 
 
+@pytest.mark.parametrize("extra", [[], ["+callbacks.clock._target_=initlab.monitors.TrainClock"]])
+def test_validation_is_timed_once(make_cfg, extra):
+    """One ValidationClock a fit: the TrainClock monitor when the callbacks hold one (its
+    time/train_s and result.json's validation time subtract the same seconds), else build's."""
+    from initlab.monitors import TrainClock
+    from initlab.timing import ValidationClock
+    from initlab.train import build
+
+    datamodule, module, trainer = build(make_cfg(*extra))
+    clocks = [c for c in trainer.callbacks if isinstance(c, ValidationClock)]
+    assert len(clocks) == 1 and isinstance(clocks[0], TrainClock) == bool(extra)
+    trainer.fit(module, datamodule=datamodule)
+    assert clocks[0].timings_s["validation"] == clocks[0].validation_s > 0
+
+
 def test_a_later_run_in_the_process_times_from_its_own_start(make_cfg, tmp_path):
     """A multirun's next job in the same process (Hydra's basic launcher, a reused joblib
     worker): its clock starts at run(), not at the process start the jobs before it share."""
