@@ -82,6 +82,9 @@ def test_a_run_setting_of_the_wrong_type_is_named(make_cfg, tmp_path, override, 
     (["+data.batchsize=16"], "data has unknown keys ['batchsize']; allowed: [", "batch_size"),
     (["callbacks=default", "+callbacks.probe.evry=3"],
      "callbacks.probe has unknown keys ['evry']; allowed: [", "every_n_steps"),
+    (["+init.scheme_name=xavier"], "init has unknown keys ['scheme_name']; allowed: [",
+     "scheme"),
+    (["+init.activation=relu"], "init has unknown keys ['activation']", "gain"),  # model's
     (["+augment.noise=0.1"], "augment has unknown keys ['noise']; allowed: [",
      "noise_std"),
 ])
@@ -129,3 +132,18 @@ def test_the_script_prints_the_message_without_a_library_traceback(tiny_data, tm
     assert "trainer.max_epochs='abc' is invalid: it must be an integer" in proc.stderr
     assert "site-packages" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("mode,key", [([], "hydra.run.dir"), (["-m"], "hydra.sweep.dir")])
+def test_a_run_folder_hydra_cannot_make_is_named_before_hydra_tries(tmp_path, mode, key):
+    regular = tmp_path / "a_file"
+    regular.write_text("not a folder")
+    folder = regular / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *mode,
+                           f"{key}={folder}", "seed=1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert (f"{key}={str(folder)!r} is invalid: it must be a folder this process can create and "
+            f"write; {regular} is a file, not a folder") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -13,6 +13,8 @@ resolved, before the data, the model or the trainer exist.
 from __future__ import annotations
 
 import inspect
+import os
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, get_args
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
@@ -29,9 +32,10 @@ class ConfigError(ValueError):
 
 
 def _key(default: Any, allowed: str, ok: Callable[[Any], bool] | None = None,
-         choices: tuple | None = None) -> Any:
+         choices: tuple | Callable[[], list] | None = None) -> Any:
     """A schema field: its default, what a value must be (for the message) and, beyond its
-    type, the range (``ok``) or the values (``choices``) it may take."""
+    type, the range (``ok``) or the values (``choices``, or a function listing them, called
+    when checking) it may take."""
     return field(default=default, metadata={"allowed": allowed, "ok": ok, "choices": choices})
 
 
@@ -82,7 +86,7 @@ def _precisions() -> list:
     def flatten(hint: Any) -> list:
         return [v for arg in get_args(hint) for v in (flatten(arg) if get_args(arg) else [arg])]
 
-    return flatten(_PRECISION_INPUT)
+    return [None, *flatten(_PRECISION_INPUT)]
 
 
 _FRACTION_OR_COUNT = "a fraction from 0 to 1 (of the batches), an integer count, or null"
@@ -107,7 +111,7 @@ class TrainerConfig:
     devices: Any = _key("auto", "an integer, a list of device indices or a string ('auto', '-1')",
                         lambda v: isinstance(v, (str, list)) or (_is_number(v) and v == int(v)))
     num_nodes: int = _key(1, "an integer >= 1", _at_least(1))
-    precision: Any = _key(None, "one of Lightning's precisions", choices=(None, *_precisions()))
+    precision: Any = _key(None, "one of Lightning's precisions", choices=_precisions)
     fast_dev_run: Any = _key(False, "true, false or an integer >= 0",
                              lambda v: isinstance(v, bool) or (isinstance(v, int) and v >= 0))
     max_epochs: Optional[int] = _key(None, "an integer (-1: no limit) or null",  # noqa: UP045
@@ -220,12 +224,12 @@ def check_node(name: str, node: Any, schema: type) -> None:
         value, meta = node[key], spec[key].metadata
         if key in typed_keys and value is not None and _converted(value, typed[key]):
             raise invalid(key)
-        if meta["choices"] is not None and not any(
-                value is c or (value == c and type(value) is type(c)) for c in meta["choices"]):
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        if choices is not None and not any(
+                value is c or (value == c and type(value) is type(c)) for c in choices):
             # a name from a list is unknown; a value among others (auto, true, false) invalid
-            word = "unknown" if all(isinstance(c, str) for c in meta["choices"]) else "invalid"
-            raise ConfigError(f"{prefix}{key}={value!r} is {word}; allowed: "
-                              f"{list(meta['choices'])}")
+            word = "unknown" if all(isinstance(c, str) for c in choices) else "invalid"
+            raise ConfigError(f"{prefix}{key}={value!r} is {word}; allowed: {list(choices)}")
         if meta["ok"] is not None and not meta["ok"](value):
             raise invalid(key)
 
@@ -238,15 +242,17 @@ def _converted(value: Any, typed: Any) -> bool:
         isinstance(typed, float) and isinstance(value, int) and not isinstance(value, bool))
 
 
-def check_arguments(key: str, node: Any) -> None:
-    """A node with a ``_target_``: every key an argument of the target (unless it takes
-    ``**kwargs``); the same for the nodes nested in it."""
-    if not isinstance(node, dict) or node.get("_target_") is None:
+def check_arguments(key: str, node: Any, target: Callable | None = None,
+                    set_by_initlab: frozenset = frozenset()) -> None:
+    """A node with a ``_target_`` (or the keyword arguments of ``target``): every key an
+    argument of the target (unless it takes ``**kwargs``) that initlab does not pass itself;
+    the same for the nodes with a ``_target_`` nested in it."""
+    if not isinstance(node, dict) or (target is None and node.get("_target_") is None):
         return
     from hydra.utils import get_object
 
     try:
-        target = get_object(node["_target_"])
+        target = target or get_object(node["_target_"])
     except Exception as err:
         raise ConfigError(f"{key}._target_={node['_target_']!r} cannot be imported: {err}") from err
     try:
@@ -255,10 +261,12 @@ def check_arguments(key: str, node: Any) -> None:
         params = None
     if params is not None and not any(p.kind == p.VAR_KEYWORD for p in params):
         names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        names -= set_by_initlab
         unknown = sorted(set(node) - names - HYDRA_KEYS)
         if unknown:
+            name = node.get("_target_") or f"{target.__module__}.{target.__qualname__}"
             raise ConfigError(f"{key} has unknown keys {unknown}; allowed: {sorted(names)} "
-                              f"(the arguments of {node['_target_']})")
+                              f"(the arguments of {name})")
     for name, value in node.items():
         check_arguments(f"{key}.{name}", value)
 
@@ -287,6 +295,9 @@ def check_config(cfg: DictConfig) -> None:
         if node is not None and "_target_" not in node:
             raise ConfigError(f"callbacks.{name} has no _target_: it sets options of a monitor "
                               f"that the chosen callbacks group does not include ({node})")
+    from initlab.init import apply_init
+
+    check_arguments("init", resolved.get("init"), apply_init, frozenset({"model", "activation"}))
     for group in ("augment", "data", "model", "optim", "scheduler", "logger", "progress_bar"):
         check_arguments(group, resolved.get(group))
     for group in ("callbacks", "checkpoint"):
@@ -321,3 +332,30 @@ def check_folders(cfg: DictConfig) -> None:
             check_folder(f"checkpoint.{name}.dirpath", str(node.dirpath))
     if cfg.get("logger") is not None and cfg.logger.get("save_dir") is not None:
         check_folder("logger.save_dir", str(cfg.logger.save_dir))
+
+
+class CheckRunDir(Callback):
+    """Hydra callback: the folder Hydra is about to make for a run (``hydra.run.dir``) or a
+    multirun (``hydra.sweep.dir``) can be made, else the key is named before Hydra fails in
+    its own traceback. Makes nothing: a folder is made and removed in the nearest existing
+    parent."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check("hydra.run.dir", str(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check("hydra.sweep.dir", str(config.hydra.sweep.dir))
+
+    @staticmethod
+    def _check(key: str, value: str) -> None:
+        path = Path(value).expanduser().absolute()
+        parent = next(p for p in (path, *path.parents) if p.exists())
+        problem = f"{parent} is a file, not a folder" if not parent.is_dir() else None
+        if problem is None:
+            try:
+                os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".initlab-check-"))
+            except OSError as err:
+                problem = f"no folder can be made in {parent} ({err.strerror or err})"
+        if problem is not None:
+            raise SystemExit(f"{key}={value!r} is invalid: it must be a folder this process can "
+                             f"create and write; {problem}")
