@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -122,6 +123,9 @@ def test_train_script_end_to_end(tiny_data, tmp_path):
     assert (out / ".hydra" / "config.yaml").exists()
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert list(out.glob("events.out.tfevents.*"))
+    # the process's first run: its clock starts at the process start, imports included
+    t = json.loads((out / "result.json").read_text())["timings_s"]
+    assert 0 < t["startup"] < t["first_step"] < t["total"]
 
 
 def test_train_script_bad_value_exits_nonzero_with_message(tiny_data, tmp_path):

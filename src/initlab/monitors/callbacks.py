@@ -13,7 +13,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.trainer.states import TrainerFn
 
 from initlab.init import fans
 from initlab.monitors.stats import (
@@ -23,6 +22,7 @@ from initlab.monitors.stats import (
     histogram,
     probe,
 )
+from initlab.timing import ValidationClock
 from initlab.utils import atomic_write, weight_layers
 
 # stats.py key -> TensorBoard tag ({} = the layer's module name)
@@ -294,47 +294,28 @@ class ProbeMonitor(L.Callback):
         atomic_write(path, json.dumps(summary, indent=2).encode())
 
 
-class TrainClock(L.Callback):
+class TrainClock(ValidationClock):
     """``time/train_s`` at every validation end of a fit (not the sanity check, not
     ``trainer.validate``) and at the end of training when that is a later step: wall seconds
-    since fit start minus the seconds spent in validation (sanity check included), at
-    ``trainer.global_step``. CUDA is synchronised before each clock reading, so queued kernels
-    are counted where they ran."""
+    since fit start minus the seconds spent in validation (sanity check included; the
+    ValidationClock it extends, result.json's validation time), at ``trainer.global_step``."""
 
     def __init__(self):
-        self._fit_start: float | None = None
-        self._validation_start: float | None = None
-        self._validation_s = 0.0
+        super().__init__()
         self._last_step = -1
 
-    @staticmethod
-    def _now(pl_module) -> float:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        return time.perf_counter()
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self._fit_start, self._validation_s = self._now(pl_module), 0.0
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.state.fn == TrainerFn.FITTING and self._fit_start is not None:
-            self._validation_start = self._now(pl_module)
-
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self._validation_start is None:
-            return
-        now = self._now(pl_module)
-        self._validation_s += now - self._validation_start
-        self._validation_start = None
-        if not trainer.sanity_checking:
-            self._log(trainer, now)
+        validations = self._validations
+        super().on_validation_end(trainer, pl_module)
+        if self._validations > validations and not trainer.sanity_checking:
+            self._log(trainer, self.validation_end)
 
     def on_train_end(self, trainer, pl_module) -> None:
         # a run that stops between validations (max_steps, max_time) still gets its total
-        if self._fit_start is not None and trainer.global_step > self._last_step:
-            self._log(trainer, self._now(pl_module))
+        if self.fit_start is not None and trainer.global_step > self._last_step:
+            self._log(trainer, self.now(pl_module))
 
     def _log(self, trainer, now: float) -> None:
-        log_scalars(trainer, {"time/train_s": now - self._fit_start - self._validation_s},
+        log_scalars(trainer, {"time/train_s": now - self.fit_start - self.validation_s},
                     trainer.global_step)
         self._last_step = trainer.global_step

@@ -319,7 +319,7 @@ def write_report(root: str | Path, runs: list[Run]) -> Path:
             where += f" (layer {res['diverged_layer']})"
         lines.append(f"| {run.path.relative_to(root) if run.path != root else '.'} | {run.label} "
                      f"| {run.seed} | {where} | {_fmt(res.get('score'))} "
-                     f"| {res.get('steps', '-')} | {_fmt(res.get('wall_time_s'), 3)} |")
+                     f"| {res.get('steps', '-')} | {_fmt((res.get('timings_s') or {}).get('total'), 3)} |")
     path = root / "report.md"
     atomic_write(path, ("\n".join(lines) + "\n").encode())
     return path
