@@ -31,6 +31,7 @@ from initlab.console import say
 from initlab.data.robustness import check_corruptions
 from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
+from initlab.pilots import check_pilots, run_pilots
 from initlab.status import Heartbeat, RunStatus, ValidateAtMaxSteps
 from initlab.utils import atomic_write, process_age_s, retain_freed_memory
 
@@ -69,6 +70,10 @@ def check_config(cfg: DictConfig) -> None:
     check_corruptions(cfg.get("robustness"))
     check_tune(cfg.get("tune"))
     check_status(cfg.get("status"))
+    try:
+        check_pilots(cfg.get("pilots"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 STATUS_KEYS = ("check_every_n_steps", "stall_accuracy", "blowup_factor")
@@ -286,13 +291,13 @@ class RunClock(L.Callback):
 class Timings:
     """Where a run's wall clock goes, for result.json's ``timings_s``: ``startup`` (process
     start to run(): imports, config), the phases of run() (``build``, ``tune`` with
-    ``+tune=lr_find``, ``fit``, ``test``, ``logging``); inside them ``data_load`` (reading and
-    checking MNIST), ``checkpoint_writes``, ``validation`` (inside fit), ``robustness`` (the
-    corrupted test sets, inside test) and ``probe`` (the probe monitor's measurements, step 0
-    included, inside fit), each present when it happened; ``first_step``: process start to the
-    start of the first training step this process runs (imports, config, build, data load,
-    Lightning's setup; absent if it ran none); ``total`` from process start. Callbacks that
-    time themselves contribute their ``timings_s`` dict."""
+    ``+tune=lr_find``, ``pilots`` with ``pilots`` set, ``fit``, ``test``, ``logging``); inside
+    them ``data_load`` (reading and checking MNIST), ``checkpoint_writes``, ``validation``
+    (inside fit), ``robustness`` (the corrupted test sets, inside test) and ``probe`` (the probe
+    monitor's measurements, step 0 included, inside fit), each present when it happened;
+    ``first_step``: process start to the start of the first training step this process runs
+    (imports, config, build, data load, Lightning's setup; absent if it ran none); ``total``
+    from process start. Callbacks that time themselves contribute their ``timings_s`` dict."""
 
     def __init__(self):
         self.start = time.perf_counter()
@@ -365,6 +370,9 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
         if cfg.get("tune") is not None:
             with clock.phase("tune"):
                 find_lr(cfg, module, datamodule)
+        if cfg.get("pilots") is not None:
+            with clock.phase("pilots"):
+                run_pilots(cfg, module, datamodule)
         with clock.phase("fit"):
             metrics = _fit(cfg, trainer, module, datamodule, status, clock)
         if cfg.test and status.status != "diverged":

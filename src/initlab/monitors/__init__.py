@@ -6,9 +6,10 @@ from initlab.monitors.callbacks import (
     UpdateRatioMonitor,
     WeightSummary,
 )
+from initlab.monitors.curves import TestErrorCurve
 from initlab.monitors.evaluation import TrainSubsetAccuracy, UnitAblation
 from initlab.monitors.stats import probe
 
-__all__ = ["GradNormMonitor", "GradientNoiseMonitor", "ProbeMonitor", "TrainClock",
+__all__ = ["GradNormMonitor", "GradientNoiseMonitor", "ProbeMonitor", "TestErrorCurve", "TrainClock",
            "TrainSubsetAccuracy", "UnitAblation", "UpdateRatioMonitor", "WeightSummary",
            "probe"]
