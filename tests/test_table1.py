@@ -210,6 +210,23 @@ def test_pair_verdict_threshold_is_the_larger_spread():
     assert pair_verdict(_cell("Tanh N", [21.0 + margin + 0.01] * 2), worse) == "reversed"
 
 
+def test_ordering_sentence_names_each_pair_where_the_paper_does_not_hold():
+    from initlab.report.table1 import ordering_sentence
+
+    errors = {"Tanh N": [15.0, 15.2], "Softsign": [27.0, 27.2], "Softsign N": [30.0, 30.2],
+              "Tanh": [27.1, 27.3], "Sigmoid": [80.0, 82.0]}
+    cells = {("shapeset", row): _cell(row, e) for row, e in errors.items()}
+    text = ordering_sentence("shapeset", cells)
+    assert text.startswith("The paper's ordering on Shapeset (Tanh N, Softsign, Softsign N below "
+                           "Tanh and Sigmoid) holds for 4 of 6 measured pairs; the others: ")
+    spread = statistics.stdev([27.0, 27.2])
+    assert (f"Softsign vs Tanh, 27.10% vs 27.20% (a tie: 0.10 points apart, within the seeds' "
+            f"spread of {spread:.2f})") in text
+    assert "Softsign N vs Tanh, 30.10% vs 27.20% (reversed by 2.90 points)" in text
+    assert "Tanh N vs" not in text and "Sigmoid," not in text
+    assert ordering_sentence("mnist", cells) is None  # nothing measured there
+
+
 # ---- a tiny real Shapeset sweep through the report ----
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,10 @@ def updates_per_job(config: Mapping) -> int:
 
 
 def _hours(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:,.1f} h"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    days = f" = {seconds / 86400:,.1f} days" if seconds > 2 * 86400 else ""
+    return f"{seconds / 3600:,.1f} h{days}"
 
 
 def estimate_lines(budget: str, data: str, jobs: int, updates: int, cpu_step_s: float,

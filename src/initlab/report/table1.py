@@ -181,11 +181,11 @@ def ordering_sentence(data: str, cells: dict[tuple[str, str], Cell]) -> str | No
         if verdict == "holds":
             continue
         gap = w.mean - b.mean
-        how = (f"within the seeds' spread ({abs(gap):.2f} points, spread "
-               f"{max(b.std, w.std):.2f})" if verdict == "tie"
+        how = (f"a tie: {abs(gap):.2f} points apart, within the seeds' spread of "
+               f"{max(b.std, w.std):.2f}" if verdict == "tie"
                else f"reversed by {-gap:.2f} points")
-        misses.append(f"{b.row} vs {w.row}: {b.mean:.2f}% vs {w.mean:.2f}%, {how}")
-    return text + (": not " + "; not ".join(misses) if misses else "") + "."
+        misses.append(f"{b.row} vs {w.row}, {b.mean:.2f}% vs {w.mean:.2f}% ({how})")
+    return text + ("; the others: " + "; ".join(misses) if misses else "") + "."
 
 
 def table1_section(runs: list[Run]) -> list[str]:

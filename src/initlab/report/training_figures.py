@@ -50,7 +50,8 @@ def activation_figure(runs: list[Run]):
         return None
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    width, height = max(4.6 * ncols, 7.0), 3.6 * nrows  # one panel: room for the legend
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     depth = 0
     for ax, run in zip(axes.flat, panels):
@@ -79,11 +80,13 @@ def activation_figure(runs: list[Run]):
     handles += [Line2D([], [], color="black", lw=1.3, label="mean"),
                 Line2D([], [], color="black", ls=":", marker="o", ms=2.5, lw=0.8,
                        label="98th percentile")]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
-               frameon=False)
+    per_row = len(handles) if ncols == 3 else 4
+    fig.legend(handles=handles, loc="lower center", ncol=per_row, fontsize=8, frameon=False)
+    legend_rows = math.ceil(len(handles) / per_row)
     fig.suptitle("activations over training: mean (lines) and 98th percentile (dotted, "
-                 "markers) per hidden layer (the paper's Figs. 2-4)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.5 / (3.6 * nrows), 1, 1))
+                 "markers)" + (" " if ncols == 3 else "\n") + "per hidden layer (the paper's "
+                 "Figs. 2-4)", fontsize=10)
+    fig.tight_layout(rect=(0, (0.15 + 0.25 * legend_rows) / height, 1, 1))
     return fig
 
 
