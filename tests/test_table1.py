@@ -126,6 +126,26 @@ def test_pilots_measure_what_a_short_run_at_each_rate_measures(make_cfg, tmp_pat
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
 
 
+def test_a_relaunched_run_takes_its_folders_pilots_and_a_new_grid_runs_them(make_cfg, tmp_path):
+    from initlab.pilots import run_pilots
+
+    out = tmp_path / "job"
+    cfg = make_cfg("model=mlp", "optim=sgd", "scheduler=none",
+                   "pilots={lrs:[0.01,0.3],steps:1}", f"output_dir={out}")
+    datamodule, module, _ = build(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    earlier = {"lrs": [0.01, 0.3], "steps": 1, "val_acc": [0.5, 0.25], "val_loss": [1.0, 2.0],
+               "chosen": 0.3}  # not what best_lr would choose: proof the file was taken
+    (out / "pilots.json").write_text(json.dumps(earlier))
+    assert run_pilots(cfg, module, datamodule) == earlier
+    assert module.optimizer_factory.keywords["lr"] == 0.3 and cfg.optim.lr == 0.3
+    cfg.pilots.lrs = [0.01, 0.1]  # another grid: the pilots run again and the file is replaced
+    record = run_pilots(cfg, module, datamodule)
+    assert record["lrs"] == [0.01, 0.1] and len(record["val_acc"]) == 2
+    assert json.loads((out / "pilots.json").read_text()) == record
+    assert module.optimizer_factory.keywords["lr"] == record["chosen"] == cfg.optim.lr
+
+
 @pytest.mark.parametrize("pilots, message", [
     ("{lrs:[],steps:2}", "pilots.lrs=[] is invalid"),
     ("{lrs:[0.1,-1],steps:2}", "pilots.lrs=[0.1, -1] is invalid"),
