@@ -247,6 +247,31 @@ def test_ordering_sentence_names_each_pair_where_the_paper_does_not_hold():
     assert ordering_sentence("mnist", cells) is None  # nothing measured there
 
 
+def test_the_papers_sweep_keeps_each_rows_rate_with_the_best_validation(tmp_path):
+    """budget=paper: a row at several rates; the cell is the runs of the rate whose mean final
+    validation accuracy is highest, even where another rate tests better."""
+    from initlab.report.table1 import table1_cells, table1_section
+
+    runs = []
+    for i, (lr, seed, val, test) in enumerate([(0.01, 1, 0.97, 0.99), (0.01, 2, 0.96, 0.99),
+                                               (0.1, 1, 0.98, 0.95), (0.1, 2, 0.98, 0.96)]):
+        config = {"model": {"_target_": "initlab.models.MLP", "depth": 5, "width": 1000,
+                            "activation": "tanh"}, "init": {"scheme": "xavier"},
+                  "data": {"_target_": "initlab.data.MNISTDataModule"}, "optim": {"lr": lr},
+                  "seed": seed, "budget": "paper"}
+        result = {"status": "ok", "steps": PAPER_UPDATES,
+                  "metrics": {"val/acc": val, "test/acc": test}}
+        (tmp_path / str(i)).mkdir()
+        runs.append(Run(tmp_path / str(i), config, [], result, None))
+    (cell,) = table1_cells(runs).values()
+    assert {r.lr for r in cell.runs} == {0.1} and sorted(cell.errors) == pytest.approx([4.0, 5.0])
+    assert cell.lr_note == "chosen on validation accuracy from 0.01 (96.50%), 0.1 (98.00%)"
+    text = "\n".join(table1_section(runs))
+    assert "| Tanh N | not measured | 15.60 | 4.50 ± 0.71 (2) | 1.64 |" in text
+    assert "| Tanh N | MNIST | paper | 5 x 1000 | 5,000,000 | 0.1 | chosen on validation" in text
+    assert "at the paper's budget (5,000,000 updates)" in text
+
+
 # ---- a tiny real Shapeset sweep through the report ----
 
 @pytest.fixture(scope="module")

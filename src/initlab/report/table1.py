@@ -52,7 +52,7 @@ class Cell:
 
     @property
     def budget(self) -> str:
-        return ", ".join(sorted({str(r.budget) for r in self.runs}))
+        return ", ".join(sorted({r.budget or "-" for r in self.runs}))  # "-": no budget set
 
     def curve(self) -> list[tuple[int, float]]:
         """Test error (%) against updates, mean over the seeds at the steps all of them have."""
@@ -118,10 +118,14 @@ def lr_text(cell: Cell) -> str:
     for run in cell.runs:
         by_lr[run.lr].append(run.seed)
     if len(by_lr) == 1:
-        return f"{next(iter(by_lr)):g}"
-    return ", ".join(f"{lr:g} (seed{'s' if len(seeds) > 1 else ''} "
+        return _rate(next(iter(by_lr)))
+    return ", ".join(f"{_rate(lr)} (seed{'s' if len(seeds) > 1 else ''} "
                      f"{', '.join(str(s) for s in sorted(seeds))})"
-                     for lr, seeds in sorted(by_lr.items()))
+                     for lr, seeds in sorted(by_lr.items(), key=lambda item: item[0] or 0))
+
+
+def _rate(lr: float | None) -> str:
+    return "?" if lr is None else f"{lr:g}"
 
 
 def agreement_tolerance(paper: float, std: float) -> float:
