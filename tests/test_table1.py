@@ -72,10 +72,7 @@ def test_job_count_and_updates_follow_the_sweep():
     assert job_count(params, ["seed=1,2", "data=shapeset"]) == 5 * 3 * 2
     assert job_count(params, ["optim.lr=0.1", "+table1_row=tanh"]) == 1
     cpu = _compose("experiment=glorot_table1", "budget=cpu")
-    from omegaconf import OmegaConf
-
-    plain = OmegaConf.to_container(cpu, resolve=False)
-    assert updates_per_job(plain) == cpu.trainer.max_steps + len(cpu.pilots.lrs) * cpu.pilots.steps
+    assert updates_per_job(cpu) == cpu.trainer.max_steps + len(cpu.pilots.lrs) * cpu.pilots.steps
 
 
 def test_the_estimate_prints_before_the_first_job(tmp_path):

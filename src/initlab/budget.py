@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 # Seconds per update of the 5 x 1000 MLP at minibatch 10, the glorot monitors on at the cpu
 # budget's cadence. CPU: one thread (OMP_NUM_THREADS=1) of the 2-core machine, one 300-step
@@ -85,9 +85,8 @@ class EstimateTime(Callback):
         data = data_name(config.data)
         cpu = self.cpu_step_s if self.cpu_step_s is not None else CPU_STEP_S.get(data, 0.0)
         gpu = self.gpu_step_s if self.gpu_step_s is not None else GPU_STEP_S
-        plain = OmegaConf.to_container(config, resolve=False)
-        for line in estimate_lines(config.get("budget", "?"), data, jobs, updates_per_job(plain),
-                                   cpu, gpu):
+        for line in estimate_lines(config.get("budget", "?"), data, jobs,
+                                   updates_per_job(config), cpu, gpu):
             print(line, flush=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
