@@ -175,6 +175,8 @@ class RunConfig:
     progress_bar: Any = _key(None, "a progress bar config or null")
     status: Any = _key(None, "the status settings")
     tune: Any = _key(None, "the tune settings or null")
+    pilots: Any = _key(None, "the learning-rate pilots' {lrs, steps} or null")
+    budget: Optional[str] = _key(None, "Table 1's budget (set by budget=quick|cpu|paper) or null")  # noqa: UP045
     robustness: Any = _key(None, "a mapping of corruption kinds to levels, or null")
     lesson: Any = _key(None, "the lesson's {topic, scale} or null")
     seed: int = _key(0, "an integer >= 0", _at_least(0))
@@ -290,6 +292,12 @@ def check_config(cfg: DictConfig) -> None:
         if not max_lr > min_lr:
             raise ConfigError(f"tune.max_lr={max_lr!r} is invalid: it must be a number > "
                               f"tune.min_lr={min_lr!r}")
+    from initlab.pilots import check_pilots
+
+    try:
+        check_pilots(resolved.get("pilots"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     check_node("trainer", resolved["trainer"], TrainerConfig)
     for name, node in (resolved.get("callbacks") or {}).items():
         if node is not None and "_target_" not in node:

@@ -28,6 +28,7 @@ from initlab.config import ConfigError, check_config, check_folders
 from initlab.console import say
 from initlab.init import apply_init
 from initlab.module import Classifier, build_scheduler
+from initlab.pilots import run_pilots
 from initlab.status import Heartbeat, RunStatus, ValidateAtMaxSteps
 from initlab.timing import Timings, ValidationClock
 from initlab.tune import find_lr
@@ -193,6 +194,9 @@ def run(cfg: DictConfig, keep_going: bool = False) -> float:
         if cfg.get("tune") is not None:
             with clock.phase("tune"):
                 find_lr(cfg, module, datamodule)
+        if cfg.get("pilots") is not None:
+            with clock.phase("pilots"):
+                run_pilots(cfg, module, datamodule)
         with clock.phase("fit"):
             metrics = _fit(cfg, trainer, module, datamodule, status, clock)
         if cfg.test and status.status != "diverged":

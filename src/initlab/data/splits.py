@@ -184,6 +184,12 @@ class SplitsDataModule(L.LightningDataModule):
         x, y = self.splits["val"]
         return self.standardize(to_unit(x[:n])), y[:n]
 
+    def test_examples(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` test examples (all of them when None), standardised, never
+        corrupted."""
+        x, y = self.splits["test"]
+        return self.standardize(to_unit(x[:n])), y[:n]
+
     def train_subset(self, n: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` training examples (all of them when the split is smaller), in split
         order, standardised, never augmented: a fixed set for full-batch gradients."""

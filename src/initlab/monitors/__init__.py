@@ -4,6 +4,7 @@ from initlab.monitors.callbacks import (
     TrainClock,
     UpdateRatioMonitor,
 )
+from initlab.monitors.curves import TestErrorCurve
 from initlab.monitors.evaluation import (
     GradientNoiseMonitor,
     TrainSubsetAccuracy,
@@ -12,6 +13,6 @@ from initlab.monitors.evaluation import (
 )
 from initlab.monitors.stats import probe
 
-__all__ = ["GradNormMonitor", "GradientNoiseMonitor", "ProbeMonitor", "TrainClock",
+__all__ = ["GradNormMonitor", "GradientNoiseMonitor", "ProbeMonitor", "TestErrorCurve", "TrainClock",
            "TrainSubsetAccuracy", "UnitAblation", "UpdateRatioMonitor", "WeightSummary",
            "probe"]

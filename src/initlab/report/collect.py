@@ -15,14 +15,24 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-# Glorot & Bengio Table 1, MNIST test error (%), 5 hidden layers; key: (activation, init scheme)
-PAPER_MNIST = {
-    ("softsign", "standard"): ("Softsign", 1.64),
-    ("softsign", "xavier"): ("Softsign N", 1.72),
-    ("tanh", "standard"): ("Tanh", 1.76),
-    ("tanh", "xavier"): ("Tanh N", 1.64),
-    ("sigmoid", "standard"): ("Sigmoid", 2.21),
+from initlab.budget import data_name
+
+# Glorot & Bengio Table 1's rows, in the paper's order: (activation, init scheme) -> name
+TABLE1_ROWS = {
+    ("softsign", "standard"): "Softsign",
+    ("softsign", "xavier"): "Softsign N",
+    ("tanh", "standard"): "Tanh",
+    ("tanh", "xavier"): "Tanh N",
+    ("sigmoid", "standard"): "Sigmoid",
 }
+# Table 1, test error (%) with 5 hidden layers of 1000, per data set (its columns here)
+PAPER_TABLE1 = {
+    "shapeset": {"Softsign": 16.27, "Softsign N": 16.06, "Tanh": 27.15, "Tanh N": 15.60,
+                 "Sigmoid": 82.61},
+    "mnist": {"Softsign": 1.64, "Softsign N": 1.72, "Tanh": 1.76, "Tanh N": 1.64,
+              "Sigmoid": 2.21},
+}
+DATA_TITLES = {"shapeset": "Shapeset", "mnist": "MNIST"}
 
 
 @dataclass
@@ -75,11 +85,51 @@ class Run:
         return self.config.get("init", {}).get("scheme", "?")
 
     @property
-    def paper_row(self) -> tuple[str, float] | None:
+    def data(self) -> str:
+        """``mnist`` or ``shapeset`` (the data module's class name)."""
+        return data_name(self.config.get("data", {}))
+
+    @property
+    def table1_row(self) -> str | None:
+        """The name of the Table 1 row this run is, else None: an MLP of a row's activation and
+        init, run by experiment=glorot_table1 (it sets ``budget``) or of the paper's 5 x 1000."""
         model = self.config.get("model", {})
-        if not str(model.get("_target_", "")).endswith("MLP") or model.get("depth") != 5:
+        paper_shape = model.get("depth") == 5 and model.get("width") == 1000
+        if not str(model.get("_target_", "")).endswith("MLP") or not (
+                paper_shape or self.budget is not None):
             return None
-        return PAPER_MNIST.get((self.activation, self.init))
+        return TABLE1_ROWS.get((self.activation, self.init))
+
+    @property
+    def paper_row(self) -> tuple[str, float] | None:
+        """(the row's name and data set, the paper's test error %) of a Table 1 row."""
+        row, column = self.table1_row, PAPER_TABLE1.get(self.data)
+        if row is None or column is None:
+            return None
+        return f"{row}, {DATA_TITLES[self.data]}", column[row]
+
+    @cached_property
+    def pilots(self) -> dict | None:
+        """pilots.json: the learning rates tried, their validation accuracy, the chosen one."""
+        return _load_json(self.path / "pilots.json")
+
+    @property
+    def lr(self) -> float | None:
+        """The learning rate the run trained with: the pilots' choice, else optim.lr."""
+        if self.pilots and "chosen" in self.pilots:
+            return self.pilots["chosen"]
+        return self.config.get("optim", {}).get("lr")
+
+    @property
+    def budget(self) -> str | None:
+        """The Table 1 budget (conf/budget) the run was made under."""
+        return self.config.get("budget")
+
+    @property
+    def shape(self) -> str:
+        """The MLP's hidden layers, "5 x 1000"."""
+        model = self.config.get("model", {})
+        return f"{model.get('depth', '?')} x {model.get('width', '?')}"
 
     @cached_property
     def events(self) -> EventAccumulator:

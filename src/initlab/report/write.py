@@ -18,6 +18,8 @@ from initlab.monitors.stats import HISTOGRAM_BINS  # noqa: E402
 from initlab.report.collect import Run  # noqa: E402
 from initlab.report.figures import save_figure  # noqa: E402
 from initlab.report.lessons import lesson_section  # noqa: E402
+from initlab.report.table1 import table1_section  # noqa: E402
+from initlab.report.training_figures import training_figures  # noqa: E402
 from initlab.utils import atomic_write  # noqa: E402
 
 LOG_SCALE = {"weight_grad", "backprop", "grad_norm"}
@@ -94,7 +96,7 @@ def _flags(row: dict) -> str:
 
 
 def _table1_markdown(rows: list[dict]) -> list[str]:
-    lines = ["| configuration | test error % (mean ± std) | n | status | paper (Table 1, MNIST) |",
+    lines = ["| configuration | test error % (mean ± std) | n | status | paper (Table 1, same data) |",
              "|---|---|---|---|---|"]
     for row in rows:
         err = "-" if row["mean"] is None else f"{row['mean']:.2f} ± {row['std']:.2f}"
@@ -280,6 +282,7 @@ def write_report(root: str | Path, runs: list[Run]) -> Path:
                   "process ended without writing one: killed, out of memory, node lost; see "
                   "the runs table).", ""]
     lines += lesson_section(root, runs)
+    lines += table1_section(runs)
     lines += ["## Test error per configuration", ""] + _table1_markdown(rows) + [""]
     lines += ["## At initialization (init_stats.json)", ""] + _at_init_markdown(runs) + [""]
 
@@ -300,6 +303,7 @@ def write_report(root: str | Path, runs: list[Run]) -> Path:
         name = f"hist_{kind}_init.png"
         if _histogram_figure(firsts, kind, root / name):
             figures.append((name, f"{kind} histograms at initialization"))
+    figures += training_figures(root, runs)
     if _error_curves(rows, root / "error_curves.png"):
         figures.append(("error_curves.png", "validation error curves"))
     for i, run in enumerate(runs):
