@@ -57,7 +57,8 @@ def test_hparams_columns_are_the_settings_a_user_compares(make_cfg, tmp_path):
     assert set(session.Tags()["scalars"]) == {"hparams/val_acc", "hparams/val_loss"}
 
 
-@pytest.mark.parametrize(("callbacks", "robustness"), [("none", "null"), ("default", "default")])
+@pytest.mark.parametrize(("callbacks", "robustness"),
+                         [("none", "null"), ("default", "default"), ("glorot", "null")])
 def test_every_custom_scalars_chart_has_a_curve(make_cfg, tmp_path, callbacks, robustness):
     """The Custom Scalars layout holds no chart empty by design: each chart's tag patterns
     match a scalar the run wrote (as TensorBoard matches them), with and without monitors and
@@ -80,3 +81,4 @@ def test_every_custom_scalars_chart_has_a_curve(make_cfg, tmp_path, callbacks, r
         assert any(re.compile(p).match(t) for p in patterns for t in tags), title
     assert ("test accuracy under corruption" in charts) == (robustness != "null")
     assert ("activation std" in charts) == (callbacks != "none")
+    assert ("test error during training (%)" in charts) == (callbacks == "glorot")

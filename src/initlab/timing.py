@@ -84,8 +84,9 @@ class Timings:
     config; 0 for a later run); the phases of run() (``build``, ``tune`` with
     ``+tune=lr_find``, ``pilots`` with ``pilots`` set, ``fit``, ``test``, ``logging``); inside
     them ``data_load`` (reading and checking MNIST), ``checkpoint_writes``, ``validation``
-    (inside fit, by the ValidationClock), ``robustness`` (the corrupted test sets, inside test) and ``probe`` (the
-    probe monitor's measurements, step 0 included, inside fit), each present when it happened;
+    (inside fit, by the ValidationClock), ``robustness`` (the corrupted test sets, inside
+    test) and ``probe`` (the probe monitor's measurements, step 0 included, inside fit), each
+    present when it happened;
     ``first_step``: origin to the start of the first training step (imports, config, build,
     data load, Lightning's setup; absent if it ran none); ``total``: origin to the result.
     Callbacks that time themselves contribute their ``timings_s`` dict."""

@@ -47,6 +47,7 @@ LAYOUT_CHARTS = {
         "accuracy: train vs validation": ["train/acc_epoch", "val/acc"],
         "loss: train vs validation": ["train/loss_epoch", "val/loss"],
         "test accuracy under corruption": ["test_corrupt/.*"],
+        "test error during training (%)": ["test_curve/error"],
     },
     "per layer": {
         "activation mean": ["activation/.*/mean"], "activation std": ["activation/.*/std"],
@@ -66,6 +67,7 @@ LAYOUT_CHARTS = {
 # what fills a chart, where it is not always there; the other "per layer" charts: the probe
 CHART_SOURCES = {
     "test accuracy under corruption": "corruptions",
+    "test error during training (%)": "test_curve",
     "Jacobian mean singular value": "jacobian", "Jacobian RMS singular value": "jacobian",
     "update ratio log10": "update_ratio", "weight gradient L2 norm": "grad_norm",
 }
@@ -76,11 +78,14 @@ def add_layout(logger: TensorBoardLogger, callbacks=(), corruptions: bool = Fals
     paper's figures), and train vs validation on one chart (the generalisation gap). Charts
     nothing will fill are left out: the corruption chart without corrupted test sets, a
     monitor's charts without that monitor among ``callbacks``."""
+    from initlab.monitors.curves import TestErrorCurve  # it imports this module
+
     probe = next((c for c in callbacks if isinstance(c, ProbeMonitor)), None)
     present = {"corruptions": corruptions, "probe": probe is not None,
                "jacobian": probe is not None and probe.jacobian is not None,
                "update_ratio": any(isinstance(c, UpdateRatioMonitor) for c in callbacks),
-               "grad_norm": any(isinstance(c, GradNormMonitor) for c in callbacks)}
+               "grad_norm": any(isinstance(c, GradNormMonitor) for c in callbacks),
+               "test_curve": any(isinstance(c, TestErrorCurve) for c in callbacks)}
     layout = {}
     for category, charts in LAYOUT_CHARTS.items():
         default = "probe" if category == "per layer" else None
