@@ -13,11 +13,11 @@ scaled to [0, 1] and standardised with MNIST's mean and std; the default CNN (24
 ``init=default`` does, so one seed gives initlab's initial weights; Adam, one-cycle on the LR
 only (per step); the validation split evaluated after every epoch and the test set at the end.
 
-Its speed choices, each a flag, each the faster of its two settings as measured (README, Speed):
+Its speed choices, each a flag, each the faster of its two settings as measured (docs/performance.md):
 - ``--no-normalize-once`` (the default): batches standardised from the uint8 splits as they are
   sliced; ``--normalize-once`` standardises every split to float once at load, and measured
   1-3% slower (whole processes, 2026-12-01, 2-core CPU);
-- ``--channels-last`` (on for the CPU, off for CUDA: what measured fastest, README): the conv
+- ``--channels-last`` (on for the CPU, off for CUDA: what measured fastest, docs/performance.md): the conv
   weights, and so the activations, in channels-last memory format;
 - ``--retain-freed-memory`` (on): glibc's malloc keeps freed memory, so steps reuse it instead
   of page-faulting it back, as an initlab run does;

@@ -17,7 +17,7 @@ FAN_IN, FAN_OUT = 800, 1200  # one Linear layer: 960k samples
 
 def expected_variance(scheme: str, gain: float = 1.0, mode: str | None = None,
                       fan_in: int = FAN_IN, fan_out: int = FAN_OUT, rows: int = FAN_OUT) -> float:
-    """The formula table of the README, written out independently of initlab.init."""
+    """The formula table of docs/init.md, written out independently of initlab.init."""
     fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}
     return {
         "uniform": 1 / 3,

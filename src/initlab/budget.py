@@ -21,10 +21,10 @@ from omegaconf import DictConfig
 # on a quiet machine and change these (and conf/budget/cpu.yaml's max_steps).
 CPU_STEP_S = {"mnist": 0.0164, "shapeset": 0.0260}
 # GPU: not measured for this MLP (no GPU was lent). The speedrun CNN's step on one H200 (3.2 ms
-# at batch 256, README "On a GPU") is mostly a fixed per-step cost of the training loop, which a
+# at batch 256, docs/performance.md, "On a GPU") is mostly a fixed per-step cost of the training loop, which a
 # minibatch-10 MLP step shares: taken as this MLP's until measured.
 GPU_STEP_S = 0.0032
-GPU_SOURCE = "the speedrun CNN's measured step on one H200 (README), this MLP's not measured"
+GPU_SOURCE = "the speedrun CNN's measured step on one H200 (docs/performance.md), this MLP's not measured"
 
 
 def data_name(data: Mapping) -> str:

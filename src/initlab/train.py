@@ -54,7 +54,7 @@ def instantiate_optional(node: Any) -> Any:
 def channels_last_in_effect(setting: str | bool, model: torch.nn.Module,
                             device: torch.device) -> bool:
     """``channels_last=auto``: the memory format that measured fastest for a model with
-    convolutions on the device (README, Speed): channels-last on the CPU (0.70-0.74x the time
+    convolutions on the device (docs/performance.md): channels-last on the CPU (0.70-0.74x the time
     of channels-first, paired raw loops of the default CNN, 2-core CPU), channels-first on CUDA
     (fp32 channels-last 1.10x the time of the speedrun on an H200). A model without
     convolutions keeps its format."""
