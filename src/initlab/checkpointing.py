@@ -9,7 +9,6 @@ import shutil
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from initlab.config import make_writable_folder
 from initlab.utils import atomic_write
 
 MIN_FREE_BYTES = 200 * 2**20  # checkpoints, events and logs of one run fit in this
@@ -164,10 +164,7 @@ def check_output_dir(path: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> 
     """Fail before training when the run folder cannot be written or its disk is nearly full."""
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{uuid.uuid4().hex}"
-        probe.write_bytes(b"initlab")
-        probe.unlink()
+        make_writable_folder(path)
     except OSError as err:
         raise ValueError(f"output_dir={str(path)!r} is not writable: {err.strerror or err}") from err
     free = shutil.disk_usage(path).free

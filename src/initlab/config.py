@@ -313,15 +313,21 @@ def check_config(cfg: DictConfig) -> None:
             check_arguments(f"{group}.{name}", node)
 
 
+def make_writable_folder(folder: Path) -> None:
+    """Make ``folder`` (and its parents) as a run would, and write and remove a file in it;
+    raises the OSError that stops either."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test-{uuid.uuid4().hex}"
+    probe.write_bytes(b"initlab")
+    probe.unlink()
+
+
 def check_folder(key: str, value: str, folder: Path | None = None) -> None:
     """The folder a run will create and write (``folder``, default the value itself) can be:
     made now, as the run would, and a file written in it."""
     folder = Path(folder if folder is not None else value).expanduser()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{uuid.uuid4().hex}"
-        probe.write_bytes(b"initlab")
-        probe.unlink()
+        make_writable_folder(folder)
     except OSError as err:
         where = "" if folder == Path(value).expanduser() else f" (the run writes {folder})"
         raise ConfigError(f"{key}={value!r} is invalid: it must be a folder this process can "

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from initlab.monitors.callbacks import log_scalars
+from initlab.monitors.evaluation import examples_on_device
 
 
 class TestErrorCurve(L.Callback):
@@ -27,14 +28,9 @@ class TestErrorCurve(L.Callback):
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
-        datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "test_examples"):
-            raise ValueError(f"TestErrorCurve needs a datamodule with test_examples(n); got "
-                             f"{type(datamodule).__name__}")
-        x, y = datamodule.test_examples(self.num_examples)
-        self._test = (x.to(pl_module.device), y.to(pl_module.device))
+        if trainer.is_global_zero:
+            self._test = examples_on_device(trainer, pl_module, "test_examples",
+                                            self.num_examples, self)
 
     @torch.no_grad()
     def error(self, model: torch.nn.Module) -> torch.Tensor:

@@ -95,6 +95,18 @@ class UnitAblation(L.Callback):
                      json.dumps(record, indent=2).encode())
 
 
+def examples_on_device(trainer, pl_module, method: str, n: int | None,
+                       monitor: L.Callback) -> tuple[torch.Tensor, torch.Tensor]:
+    """``datamodule.<method>(n)`` (a fixed set of examples the monitor measures on), on the
+    module's device; a data module without that method is named in the error."""
+    datamodule = trainer.datamodule
+    if datamodule is None or not hasattr(datamodule, method):
+        raise ValueError(f"{type(monitor).__name__} needs a datamodule with {method}(n); got "
+                         f"{type(datamodule).__name__}")
+    x, y = getattr(datamodule, method)(n)
+    return x.to(pl_module.device), y.to(pl_module.device)
+
+
 # rows compared per torch.cdist call: (chunk x units) distances, small even for 1000 units
 DISTINCT_CHUNK = 256
 
@@ -253,14 +265,9 @@ class GradientNoiseMonitor(L.Callback):
         self._batch_size = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
-        datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "train_subset"):
-            raise ValueError(f"GradientNoiseMonitor needs a datamodule with train_subset(n); got "
-                             f"{type(datamodule).__name__}")
-        x, y = datamodule.train_subset(self.num_examples)
-        self._subset = (x.to(pl_module.device), y.to(pl_module.device))
+        if trainer.is_global_zero:
+            self._subset = examples_on_device(trainer, pl_module, "train_subset",
+                                              self.num_examples, self)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._batch_size = len(batch[1])
