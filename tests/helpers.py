@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -42,8 +44,9 @@ NO_OUTPUTS = ["logger=none", "checkpoint=null"]
 
 
 def tiny_overrides(overrides, data_dir: Path | None = None, outputs: bool = True) -> list[str]:
-    """Overrides that shrink a run of ``overrides`` to the smallest that trains: put them
-    first, so that ``overrides`` win. MNIST reads the tiny IDX files under ``data_dir``
+    """Overrides that shrink a run of ``overrides`` to the smallest that trains, but for the
+    keys ``overrides`` set (a sweep's ``callbacks=default,glorot`` does not lose to a
+    ``callbacks=none`` before it). MNIST reads the tiny IDX files under ``data_dir``
     (``write_tiny_mnist``); ``data=shapeset`` draws small sets. The model is shrunk in its
     own family's keys (a config file could not follow the model chosen). Without
     ``outputs``: no logger and no checkpoints."""
@@ -54,7 +57,9 @@ def tiny_overrides(overrides, data_dir: Path | None = None, outputs: bool = True
         data = [f"data.data_dir={data_dir}", "data.verify=false", "data.sources=[local]",
                 "data.train_samples=96"]
     model = TINY_MLP if "model=mlp" in overrides else TINY_CNN
-    return [*data, *TINY_RUN, *model, *([] if outputs else NO_OUTPUTS)]
+    given = {override.split("=")[0].lstrip("+~") for override in overrides}
+    return [override for override in [*data, *TINY_RUN, *model, *([] if outputs else NO_OUTPUTS)]
+            if override.split("=")[0] not in given]
 
 
 def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
@@ -72,8 +77,10 @@ def script_command(script: str, *args: str) -> list[str]:
 
 def script_env(**extra: str) -> dict[str, str]:
     """The environment scripts run in: unbuffered output (lines in order), and the repository
-    on the path so that configs can name the callbacks in this module by ``_target_``."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra}
+    first on the path (kept: what was there, e.g. a GPU machine's packages) so that configs can
+    name the callbacks in this module by ``_target_``."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
 
 
 def run_script(script: str, *args: str, timeout: float = 600,
@@ -99,6 +106,17 @@ def read_scalars(path) -> dict[str, list[tuple[int, float]]]:
     events = read_events(path)
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
             for tag in events.Tags()["scalars"]}
+
+
+def matrix(*axes, fast) -> list:
+    """Every combination of ``axes`` as pytest parameters: those in ``fast`` (tuples, or plain
+    values for one axis) run in the fast suite, the others are marked ``slow``, which CI runs:
+    a matrix cut to the cases that differ, the rest kept."""
+    cases = []
+    for combo in itertools.product(*axes):
+        value = combo if len(axes) > 1 else combo[0]
+        cases.append(value if value in fast else pytest.param(*combo, marks=pytest.mark.slow))
+    return cases
 
 
 def fit(cfg: DictConfig, *extra: L.Callback):
@@ -242,8 +260,6 @@ def assert_resume_after_two_epochs_matches(make_cfg, tmp_path: Path, *extra: str
     """Train 4 epochs straight; train 2, resume from last.ckpt to 4; the metrics (1e-6) and
     weights must agree. Returns the interrupted run's folder."""
     import json
-
-    import pytest
 
     common = [*extra, *RESUME_RECIPE]
     full, first, resumed = (tmp_path / name for name in ("full", "first", "resumed"))

@@ -97,7 +97,7 @@ def test_a_single_run_has_nothing_that_differs(make_cfg, tmp_path):
     assert not any(info.get("differs") for info in infos)
 
 
-@pytest.mark.parametrize("settings", [SWEEP[:2], SWEEP[::2]])
+@pytest.mark.parametrize("settings", [SWEEP[:2], pytest.param(SWEEP[::2], marks=pytest.mark.slow)])
 def test_two_runs_show_the_one_setting_they_differ_by(make_cfg, tmp_path, settings):
     make_runs(make_cfg, tmp_path / "pair", settings)
     infos = tensorboard_experiment(tmp_path / "pair")["hparamInfos"]
