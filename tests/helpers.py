@@ -1,7 +1,8 @@
 """Helpers shared by the tests: the one way each test composes a config (``compose_config``,
-shrunk by ``tiny_overrides``), launches a script (``run_script``) and reads an events file
-(``read_events``, ``scalars``); tiny IDX files with learnable fake digits; callbacks the tests
-name by ``_target_``."""
+shrunk by ``tiny_overrides``; the ``make_cfg`` fixture in conftest.py), launches a script
+(``run_script``), fits (``fit``), reads an events file (``read_events``, ``read_scalars``) and
+cuts a matrix (``matrix``); tiny IDX files with learnable fake digits; callbacks the tests name
+by ``_target_``."""
 
 from __future__ import annotations
 
@@ -108,15 +109,12 @@ def read_scalars(path) -> dict[str, list[tuple[int, float]]]:
             for tag in events.Tags()["scalars"]}
 
 
-def matrix(*axes, fast) -> list:
-    """Every combination of ``axes`` as pytest parameters: those in ``fast`` (tuples, or plain
-    values for one axis) run in the fast suite, the others are marked ``slow``, which CI runs:
-    a matrix cut to the cases that differ, the rest kept."""
-    cases = []
-    for combo in itertools.product(*axes):
-        value = combo if len(axes) > 1 else combo[0]
-        cases.append(value if value in fast else pytest.param(*combo, marks=pytest.mark.slow))
-    return cases
+def matrix(*axes, fast: set[tuple]) -> list:
+    """Every combination of two or more ``axes`` as pytest parameters: those in ``fast`` run in
+    the fast suite, the others are marked ``slow``, which CI runs: a matrix cut to the cases
+    that differ, the rest kept."""
+    return [combo if combo in fast else pytest.param(*combo, marks=pytest.mark.slow)
+            for combo in itertools.product(*axes)]
 
 
 def fit(cfg: DictConfig, *extra: L.Callback):
@@ -126,6 +124,9 @@ def fit(cfg: DictConfig, *extra: L.Callback):
     trainer.callbacks.extend(extra)
     trainer.fit(module, datamodule=datamodule)
     return datamodule, module, trainer
+
+
+# ------------------------------------------------------------------------- data, callbacks
 
 # the default config's robustness levels, as logged
 CORRUPT_KEYS = frozenset(f"test_corrupt/{kind}_{level}/acc" for kind, levels in

@@ -16,7 +16,6 @@ from initlab.bench.cases import DEFAULT_CASES
 from initlab.train import build, run
 from tests.helpers import (
     CORRUPT_KEYS,
-    ROOT,
     assert_resume_after_two_epochs_matches,
     checkpoint_test_accuracy,
     run_script,
