@@ -7,7 +7,7 @@ import json
 import pytest
 
 from initlab.train import build, run
-from tests.helpers import CONF
+from tests.helpers import CONF, matrix
 
 # every experiment, the lessons' shared base (lesson/_base, not one to run) excepted
 EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
@@ -28,8 +28,9 @@ def shrunk(make_cfg, experiment: str, off: str):
     return make_cfg(f"experiment={experiment}", off, *shrink, tiny=False, outputs=True)
 
 
-@pytest.mark.parametrize("off", OFF)
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+# fast: each experiment once, the off options taken in turn (each about seven times)
+@pytest.mark.parametrize(("experiment", "off"), matrix(
+    EXPERIMENTS, OFF, fast={(e, OFF[i % len(OFF)]) for i, e in enumerate(EXPERIMENTS)}))
 def test_experiment_composes_and_builds(make_cfg, experiment, off):
     """What can go wrong before training (a key the off option removed, a value the checks
     refuse) goes wrong in build: every pair is built; tests below train each."""
