@@ -16,6 +16,7 @@ import pytest
 from initlab.loggers import SESSION_DIR, hparams_columns
 from initlab.train import run
 
+pytestmark = pytest.mark.slow  # each test starts a TensorBoard server: seconds of imports
 SWEEP = [("0.01", "xavier"), ("0.01", "he"), ("0.1", "xavier"), ("0.1", "he")]
 
 
@@ -97,7 +98,7 @@ def test_a_single_run_has_nothing_that_differs(make_cfg, tmp_path):
     assert not any(info.get("differs") for info in infos)
 
 
-@pytest.mark.parametrize("settings", [SWEEP[:2], pytest.param(SWEEP[::2], marks=pytest.mark.slow)])
+@pytest.mark.parametrize("settings", [SWEEP[:2], SWEEP[::2]])
 def test_two_runs_show_the_one_setting_they_differ_by(make_cfg, tmp_path, settings):
     make_runs(make_cfg, tmp_path / "pair", settings)
     infos = tensorboard_experiment(tmp_path / "pair")["hparamInfos"]
