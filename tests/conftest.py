@@ -1,13 +1,12 @@
-"""Shared fixtures: tiny IDX files written to disk, and Hydra composition of the real configs."""
+"""Shared fixtures: tiny IDX files written to disk, and the real configs composed and shrunk."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from tests.helpers import CONF, write_tiny_mnist
+from tests.helpers import NO_OUTPUTS, compose_config, tiny_overrides, write_tiny_mnist
 
 
 @pytest.fixture
@@ -17,30 +16,17 @@ def tiny_data(tmp_path) -> Path:
     return root
 
 
-# Shrinks any composed config to a few CPU steps on the tiny data.
-TINY_OVERRIDES = [
-    "data.verify=false", "data.sources=[local]", "data.batch_size=32", "data.eval_batch_size=100",
-    "data.train_samples=96",
-    "trainer.accelerator=cpu", "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "callbacks=none",
-]
-TINY_CNN = ["model.channels=[4,8]", "model.hidden=16"]
-TINY_MLP = ["model.width=32", "model.depth=2"]
-NO_OUTPUTS = ["logger=none", "checkpoint=null"]
-
-
 @pytest.fixture
 def make_cfg(tiny_data, tmp_path):
-    """compose(overrides) -> the real train config, shrunk, writing under tmp_path."""
+    """make_cfg(*overrides) -> the real train config writing to tmp_path/run; ``tiny``: shrunk
+    by ``tiny_overrides`` on the tiny data; ``outputs``: with a logger and checkpoints."""
 
     def _make(*overrides: str, tiny: bool = True, outputs: bool = False):
-        base = (TINY_OVERRIDES if tiny else []) + ([] if outputs else NO_OUTPUTS)
         if tiny:
-            base += TINY_MLP if "model=mlp" in overrides else TINY_CNN
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="train", overrides=[
-                f"data.data_dir={tiny_data}", f"output_dir={tmp_path / 'run'}", *base, *overrides,
-            ])
+            shrink = tiny_overrides(overrides, tiny_data, outputs)
+        else:  # the data is the tiny files unless the test names other
+            shrink = [f"data.data_dir={tiny_data}", *([] if outputs else NO_OUTPUTS)]
+        return compose_config(f"output_dir={tmp_path / 'run'}", *shrink, *overrides)
 
     return _make
 

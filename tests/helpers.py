@@ -1,23 +1,133 @@
-"""Helpers shared by the tests: tiny IDX files with learnable fake digits, and a trap for
-forward passes outside Lightning's stages."""
+"""Helpers shared by the tests: the one way each test composes a config (``compose_config``,
+shrunk by ``tiny_overrides``; the ``make_cfg`` fixture in conftest.py), launches a script
+(``run_script``), fits (``fit``), reads an events file (``read_events``, ``read_scalars``) and
+cuts a matrix (``matrix``); tiny IDX files with learnable fake digits; callbacks the tests name
+by ``_target_``."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from initlab.data import MNISTDataModule
 from initlab.data.sources import idx_bytes
 from initlab.models import CNN
+from initlab.train import build, run
 from initlab.utils import weight_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+# ------------------------------------------------------------------ configs, scripts, events
+
+# The smallest run that trains and validates: 96 examples in batches of 32 (3 steps an epoch),
+# one epoch on the CPU, a 2-layer model, no monitors, no progress bar.
+TINY_RUN = ["data.batch_size=32", "data.eval_batch_size=100", "trainer.accelerator=cpu",
+            "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=1", "callbacks=none"]
+TINY_CNN = ["model.channels=[4,8]", "model.hidden=16"]
+TINY_MLP = ["model.width=32", "model.depth=2"]
+TINY_SHAPESET = ["data.train_size=96", "data.val_size=200", "data.test_size=200"]
+NO_OUTPUTS = ["logger=none", "checkpoint=null"]
+
+
+def tiny_overrides(overrides, data_dir: Path | None = None, outputs: bool = True) -> list[str]:
+    """Overrides that shrink a run of ``overrides`` to the smallest that trains, but for the
+    keys ``overrides`` set (a sweep's ``callbacks=default,glorot`` does not lose to a
+    ``callbacks=none`` before it). MNIST reads the tiny IDX files under ``data_dir``
+    (``write_tiny_mnist``); ``data=shapeset`` draws small sets. The model is shrunk in its
+    own family's keys (a config file could not follow the model chosen). Without
+    ``outputs``: no logger and no checkpoints."""
+    if "data=shapeset" in overrides:
+        data = TINY_SHAPESET
+    else:
+        assert data_dir is not None, "MNIST runs read the tiny files: give data_dir"
+        data = [f"data.data_dir={data_dir}", "data.verify=false", "data.sources=[local]",
+                "data.train_samples=96"]
+    model = TINY_MLP if "model=mlp" in overrides else TINY_CNN
+    given = {override.split("=")[0].lstrip("+~") for override in overrides}
+    return [override for override in [*data, *TINY_RUN, *model, *([] if outputs else NO_OUTPUTS)]
+            if override.split("=")[0] not in given]
+
+
+def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
+    """conf/train.yaml composed with ``overrides`` as scripts/train.py composes it; ``hydra``:
+    with the ``hydra`` node (launcher settings) too. ``output_dir`` needs an override or
+    ``hydra``: it interpolates Hydra's run folder."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def script_command(script: str, *args: str) -> list[str]:
+    """The command line of ``scripts/<script>`` with ``args``, in this interpreter."""
+    return [sys.executable, str(ROOT / "scripts" / script), *args]
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment scripts run in: unbuffered output (lines in order), and the repository
+    first on the path (kept: what was there, e.g. a GPU machine's packages) so that configs can
+    name the callbacks in this module by ``_target_``."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run_script(script: str, *args: str, timeout: float = 600,
+               env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``scripts/<script>`` with ``args`` from the repository root to its end, its output
+    captured as text; ``env``: variables added to ``script_env()``."""
+    kwargs.setdefault("cwd", ROOT)
+    return subprocess.run(script_command(script, *args), capture_output=True, text=True,
+                          timeout=timeout, env=script_env(**(env or {})), **kwargs)
+
+
+def read_events(path) -> EventAccumulator:
+    """Every event TensorBoard's own reader finds under ``path`` (one folder's events files),
+    nothing sampled away."""
+    events = EventAccumulator(str(path), size_guidance={"scalars": 0, "histograms": 0,
+                                                        "images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def read_scalars(path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...] in the order written} of every scalar under ``path``."""
+    events = read_events(path)
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def matrix(*axes, fast: set[tuple]) -> list:
+    """Every combination of two or more ``axes`` as pytest parameters: those in ``fast`` run in
+    the fast suite, the others are marked ``slow``, which CI runs: a matrix cut to the cases
+    that differ, the rest kept."""
+    return [combo if combo in fast else pytest.param(*combo, marks=pytest.mark.slow)
+            for combo in itertools.product(*axes)]
+
+
+def fit(cfg: DictConfig, *extra: L.Callback):
+    """build + fit as run() does, with test-only callbacks after the run's own; returns
+    (datamodule, module, trainer) afterwards."""
+    datamodule, module, trainer = build(cfg)
+    trainer.callbacks.extend(extra)
+    trainer.fit(module, datamodule=datamodule)
+    return datamodule, module, trainer
+
+
+# ------------------------------------------------------------------------- data, callbacks
+
 # the default config's robustness levels, as logged
 CORRUPT_KEYS = frozenset(f"test_corrupt/{kind}_{level}/acc" for kind, levels in
                          (("noise", ("0.1", "0.2", "0.3", "0.5")), ("skew", ("10", "20", "30", "45")))
@@ -151,11 +261,6 @@ def assert_resume_after_two_epochs_matches(make_cfg, tmp_path: Path, *extra: str
     """Train 4 epochs straight; train 2, resume from last.ckpt to 4; the metrics (1e-6) and
     weights must agree. Returns the interrupted run's folder."""
     import json
-
-    import pytest
-    import torch
-
-    from initlab.train import build, run
 
     common = [*extra, *RESUME_RECIPE]
     full, first, resumed = (tmp_path / name for name in ("full", "first", "resumed"))

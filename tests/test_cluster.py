@@ -17,12 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from initlab.cluster import check_launcher
 from initlab.report import collect_runs
-from tests.helpers import CONF, ROOT
+from tests.helpers import (
+    ROOT,
+    compose_config,
+    run_script,
+    script_command,
+    script_env,
+    tiny_overrides,
+    write_tiny_mnist,
+)
 
 try:
     import hydra_plugins.hydra_submitit_launcher  # noqa: F401
@@ -32,25 +39,23 @@ except ImportError:
 needs_submitit = pytest.mark.skipif(not HAVE_SUBMITIT, reason="needs the [slurm] extra: "
                                     'pip install -e ".[dev,slurm]" (what the README and CI install)')
 
-TINY = ["data.verify=false", "data.sources=[local]", "data.train_samples=96", "data.batch_size=16",
-        "model.channels=[4,8]", "model.hidden=16", "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false", "robustness=null", "callbacks=none"]
 
 
-def train(*args: str, timeout: int = 600, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, **popen)
+def tiny(data_dir: Path) -> list[str]:
+    """The tiny run in 6 batches of 16 an epoch."""
+    return [*tiny_overrides((), data_dir), "data.batch_size=16", "robustness=null"]
 
 
 def fake_cluster(tmp_path: Path) -> tuple[dict, Path]:
-    """``sbatch``/``srun`` that queue nothing: sbatch keeps a copy of the script it was given."""
+    """``sbatch``/``srun`` that queue nothing (on the PATH given back): sbatch keeps a copy of
+    the script it was given."""
     bin_dir, copy = tmp_path / "bin", tmp_path / "sbatch_script.sh"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {copy}\necho "no cluster here" >&2\nexit 1\n')
     (bin_dir / "srun").write_text('#!/bin/sh\necho "no cluster here" >&2\nexit 1\n')
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, copy
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, copy
 
 
 @needs_submitit
@@ -60,9 +65,10 @@ def test_two_nodes_of_four_gpus_compose_into_a_matching_sbatch_request(tmp_path)
     pickled config trains on the devices and nodes requested."""
     env, script = fake_cluster(tmp_path)
     sweep = tmp_path / "sweep"
-    proc = train("-m", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
-                 "trainer.num_nodes=2", "trainer.accelerator=gpu", "hydra.launcher.partition=gpu",
-                 "hydra.launcher.timeout_min=240", f"hydra.sweep.dir={sweep}", "seed=1,2", env=env)
+    proc = run_script("train.py", "-m", "hydra/launcher=slurm", "trainer=ddp",
+                      "trainer.devices=4", "trainer.num_nodes=2", "trainer.accelerator=gpu",
+                      "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=240",
+                      f"hydra.sweep.dir={sweep}", "seed=1,2", env=env)
     assert proc.returncode != 0 and "no cluster here" in proc.stderr  # it reached sbatch
     lines = set(script.read_text().splitlines())
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu",
@@ -82,18 +88,14 @@ def test_two_nodes_of_four_gpus_compose_into_a_matching_sbatch_request(tmp_path)
 def test_a_request_that_disagrees_stops_before_anything_is_queued(tmp_path):
     env, script = fake_cluster(tmp_path)
     sweep = tmp_path / "sweep"
-    proc = train("-m", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
-                 "trainer.num_nodes=2", "trainer.accelerator=gpu", "hydra.launcher.tasks_per_node=2",
-                 f"hydra.sweep.dir={sweep}", "seed=1,2", env=env, timeout=120)
+    proc = run_script("train.py", "-m", "hydra/launcher=slurm", "trainer=ddp",
+                      "trainer.devices=4", "trainer.num_nodes=2", "trainer.accelerator=gpu",
+                      "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}", "seed=1,2",
+                      env=env, timeout=120)
     assert proc.returncode == 1
     assert "nothing was queued" in proc.stderr
     assert "hydra.launcher.tasks_per_node=2 but trainer.devices=4" in proc.stderr
     assert not script.exists() and not sweep.exists()
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
 
 
 @needs_submitit
@@ -109,7 +111,8 @@ def composed(*overrides: str):
     (["hydra.launcher.signal_delay_s=7200"], "signal_delay_s=7200 is not shorter than timeout_min=120"),
 ])
 def test_each_disagreement_is_named(overrides, message):
-    cfg = composed("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", *overrides)
+    cfg = compose_config("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", *overrides,
+                         hydra=True)
     with pytest.raises(SystemExit, match="nothing was queued") as caught:
         check_launcher(cfg)
     assert message in str(caught.value)
@@ -117,26 +120,27 @@ def test_each_disagreement_is_named(overrides, message):
 
 @needs_submitit
 def test_the_defaults_and_the_local_executor_agree_with_the_trainer():
-    check_launcher(composed("hydra/launcher=slurm"))  # 1 node, 1 task, 1 GPU
-    check_launcher(composed("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
-                            "trainer.num_nodes=2", "trainer.max_time=00:01:00:00"))
-    check_launcher(composed("hydra/launcher=slurm_local", "trainer.accelerator=cpu"))
+    check_launcher(compose_config("hydra/launcher=slurm", hydra=True))  # 1 node, 1 task, 1 GPU
+    check_launcher(compose_config("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                                  "trainer.num_nodes=2", "trainer.max_time=00:01:00:00",
+                                  hydra=True))
+    check_launcher(compose_config("hydra/launcher=slurm_local", "trainer.accelerator=cpu",
+                                  hydra=True))
     # trainer=ddp's devices=auto is no request submitit can make: a number is asked for
     with pytest.raises(SystemExit, match="trainer.devices='auto': give a number"):
-        check_launcher(composed("hydra/launcher=slurm_local", "trainer=ddp"))
+        check_launcher(compose_config("hydra/launcher=slurm_local", "trainer=ddp", hydra=True))
     with pytest.raises(SystemExit, match="use trainer.strategy=ddp_spawn"):
-        check_launcher(composed("hydra/launcher=slurm_local", "trainer=ddp", "trainer.devices=2"))
-    check_launcher(composed("hydra/launcher=slurm_local", "trainer=ddp", "trainer.devices=2",
-                            "trainer.strategy=ddp_spawn"))
+        check_launcher(compose_config("hydra/launcher=slurm_local", "trainer=ddp",
+                                      "trainer.devices=2", hydra=True))
+    check_launcher(compose_config("hydra/launcher=slurm_local", "trainer=ddp", "trainer.devices=2",
+                                  "trainer.strategy=ddp_spawn", hydra=True))
 
 
 SLURM_PROBE = """
 import json, sys
-from hydra import compose, initialize_config_dir
 from initlab.train import build
-with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
-    cfg = compose(config_name="train", overrides=sys.argv[2:])
-_, _, trainer = build(cfg)
+from tests.helpers import compose_config
+_, _, trainer = build(compose_config(*sys.argv[1:]))
 env = trainer.strategy.cluster_environment
 print(json.dumps({"environment": type(env).__name__, "auto_requeue": env.auto_requeue,
                   "global_rank": trainer.global_rank, "local_rank": trainer.local_rank,
@@ -153,12 +157,13 @@ def slurm_probe(tmp_path, tiny_data, env: dict, *overrides: str) -> subprocess.C
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("SLURM_", "MASTER_", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK"))}
     return subprocess.run(
-        [sys.executable, "-c", SLURM_PROBE, str(CONF), "trainer=ddp", "trainer.accelerator=cpu",
+        [sys.executable, "-c", SLURM_PROBE, "trainer=ddp", "trainer.accelerator=cpu",
          "trainer.devices=4", "trainer.num_nodes=2", f"data.data_dir={tiny_data}",
          f"output_dir={tmp_path / 'run'}", *overrides],
-        capture_output=True, text=True, timeout=300, env={**clean, **env})
+        capture_output=True, text=True, timeout=300, env={**clean, **env}, cwd=ROOT)
 
 
+@pytest.mark.slow  # a fresh interpreter importing Lightning
 def test_lightning_reads_the_ranks_slurm_gives_a_task(tmp_path, tiny_data):
     """Task 5 of 2 nodes x 4 tasks, as srun would start it: no cluster, SLURM's variables."""
     proc = slurm_probe(tmp_path, tiny_data, SLURM_ENV)
@@ -173,6 +178,7 @@ def test_lightning_reads_the_ranks_slurm_gives_a_task(tmp_path, tiny_data):
                     "main_port": 15000 + int(SLURM_ENV["SLURM_JOB_ID"][-4:])}
 
 
+@pytest.mark.slow  # a fresh interpreter importing Lightning
 def test_a_job_whose_tasks_disagree_with_the_trainer_fails_on_start(tmp_path, tiny_data):
     proc = slurm_probe(tmp_path, tiny_data, {**SLURM_ENV, "SLURM_NTASKS_PER_NODE": "2"})
     assert proc.returncode != 0
@@ -184,10 +190,10 @@ def test_a_job_whose_tasks_disagree_with_the_trainer_fails_on_start(tmp_path, ti
 def test_a_sweep_through_submitit_local_reports_a_diverged_job_among_healthy_ones(tiny_data,
                                                                                   tmp_path):
     sweep = tmp_path / "sweep"
-    proc = train("-m", "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep}",
-                 f"data.data_dir={tiny_data}", *TINY, "optim=sgd", "scheduler=none",
-                 "optim.lr=0.05,0.1,1e12", "trainer.max_epochs=2", "status.check_every_n_steps=1",
-                 "status.stall_accuracy=0", "checkpoint=null")
+    proc = run_script("train.py", "-m", "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep}",
+                      *tiny(tiny_data), "optim=sgd", "scheduler=none", "optim.lr=0.05,0.1,1e12",
+                      "trainer.max_epochs=2", "status.check_every_n_steps=1",
+                      "status.stall_accuracy=0", "checkpoint=null")
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = {}
     for job in sorted(p for p in sweep.iterdir() if p.name.isdigit()):
@@ -201,8 +207,7 @@ def test_a_sweep_through_submitit_local_reports_a_diverged_job_among_healthy_one
     assert len(list((sweep / ".submitit").glob("*/*_0_log.err"))) == 3
     assert len(list((sweep / ".submitit").glob("*/*_0_result.pkl"))) == 3
 
-    report = subprocess.run([sys.executable, str(ROOT / "scripts/report.py"), str(sweep)],
-                            capture_output=True, text=True, timeout=600)
+    report = run_script("report.py", str(sweep))
     assert report.returncode == 0, report.stderr[-3000:]
     text = (sweep / "report.md").read_text()
     # the failed job's row says what happened, with its step; the healthy ones say ok
@@ -223,7 +228,6 @@ STOP_STEP, STEPS = 3, 12
 RECIPE = ["seed=5", "model.dropout=0.3", "augment=noise_skew", "optim=adam", "scheduler=onecycle",
           "trainer.deterministic=true", "trainer.max_epochs=2", "status.stall_accuracy=0",
           "+callbacks.pause._target_=tests.helpers.PauseAtStep"]
-WITH_TESTS = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -232,13 +236,10 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
-    from tests.helpers import write_tiny_mnist
-
     root = tmp_path_factory.mktemp("uninterrupted")
     write_tiny_mnist(root / "data")
     out = root / "run"
-    proc = train(f"hydra.run.dir={out}", f"data.data_dir={root / 'data'}", *TINY, *RECIPE,
-                 env=WITH_TESTS)
+    proc = run_script("train.py", f"hydra.run.dir={out}", *tiny(root / "data"), *RECIPE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -261,11 +262,10 @@ def test_a_run_stopped_by_the_scheduler_continues_when_relaunched_in_its_folder(
     run saves after the current batch and exits; the same command in the same folder continues
     from interrupted.ckpt and ends with the uninterrupted run's weights."""
     out, marker = tmp_path / "run", tmp_path / "paused"
-    command = [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={out}",
-               f"data.data_dir={tiny_data}", *TINY, *RECIPE, f"+callbacks.pause.step={STOP_STEP}",
-               f"+callbacks.pause.marker={marker}"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=WITH_TESTS)
+    args = [f"hydra.run.dir={out}", *tiny(tiny_data), *RECIPE,
+            f"+callbacks.pause.step={STOP_STEP}", f"+callbacks.pause.marker={marker}"]
+    proc = subprocess.Popen(script_command("train.py", *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=script_env())
     signal_when_paused(proc, marker, sig)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 128 + sig, output[-3000:]
@@ -273,7 +273,7 @@ def test_a_run_stopped_by_the_scheduler_continues_when_relaunched_in_its_folder(
     ckpt = out / "checkpoints" / "interrupted.ckpt"
     assert torch.load(ckpt, weights_only=False)["global_step"] == STOP_STEP
 
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=WITH_TESTS)
+    again = run_script("train.py", *args)
     assert again.returncode == 0, again.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "ok" and result["steps"] == STEPS
@@ -292,10 +292,10 @@ def test_submitit_requeues_a_warned_job_into_its_folder_and_it_ends_as_uninterru
     requeued job continues in the same Hydra job folder to the uninterrupted run's weights."""
     sweep, marker = tmp_path / "sweep", tmp_path / "paused"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts/train.py"), "-m", "hydra/launcher=slurm_local",
-         f"hydra.sweep.dir={sweep}", f"data.data_dir={tiny_data}", *TINY, *RECIPE,
-         f"+callbacks.pause.step={STOP_STEP}", f"+callbacks.pause.marker={marker}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=WITH_TESTS)
+        script_command("train.py", "-m", "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep}",
+                       *tiny(tiny_data), *RECIPE, f"+callbacks.pause.step={STOP_STEP}",
+                       f"+callbacks.pause.marker={marker}"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=script_env())
     signal_when_paused(proc, marker, signal.SIGUSR2)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]

@@ -6,15 +6,13 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import subprocess
-import sys
 
 import lightning as L
 import pytest
 
 from initlab.config import TrainerConfig
 from initlab.train import ConfigError, run
-from tests.helpers import ROOT
+from tests.helpers import run_script
 
 
 def assert_refused_before_training(make_cfg, tmp_path, overrides: list[str], message: str):
@@ -123,11 +121,10 @@ def test_the_trainer_schema_is_every_argument_of_lightnings_trainer():
     assert schema == arguments - set_by_initlab
 
 
+@pytest.mark.slow  # a fresh interpreter importing Lightning
 def test_the_script_prints_the_message_without_a_library_traceback(tiny_data, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={tmp_path / 'run'}",
-         f"data.data_dir={tiny_data}", "data.sources=[local]", "trainer.max_epochs=abc"],
-        capture_output=True, text=True, timeout=300)
+    proc = run_script("train.py", f"hydra.run.dir={tmp_path / 'run'}",
+                      f"data.data_dir={tiny_data}", "data.sources=[local]", "trainer.max_epochs=abc")
     assert proc.returncode != 0
     assert "trainer.max_epochs='abc' is invalid: it must be an integer" in proc.stderr
     assert "site-packages" not in proc.stderr
@@ -139,9 +136,7 @@ def test_a_run_folder_hydra_cannot_make_is_named_before_hydra_tries(tmp_path, mo
     regular = tmp_path / "a_file"
     regular.write_text("not a folder")
     folder = regular / "run"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *mode,
-                           f"{key}={folder}", "seed=1"],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_script("train.py", *mode, f"{key}={folder}", "seed=1")
     assert proc.returncode != 0
     assert (f"{key}={str(folder)!r} is invalid: it must be a folder this process can create and "
             f"write; {regular} is a file, not a folder") in proc.stderr

@@ -8,7 +8,6 @@ import json
 
 import pytest
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from initlab.models import CNN, MLP, MonitoredModel, check_model_contract
@@ -16,6 +15,7 @@ from initlab.models.activations import make_activation
 from initlab.report import Run, write_report
 from initlab.report.lessons import dropout, naive_init, symmetry, vanishing, xavier_variants
 from initlab.train import build, run
+from tests.helpers import read_events
 
 
 class Renamed(nn.Module):
@@ -148,8 +148,7 @@ def test_monitors_and_report_work_on_a_model_with_other_layer_names(make_cfg, tm
     assert "activation_std" not in init_stats["layers"]["head"]
     ablation = json.loads((out / "ablation.json").read_text())
     assert ablation["units"] == 16  # the head's input: the last hidden layer's units
-    events = EventAccumulator(str(out), size_guidance={"scalars": 0, "histograms": 0})
-    events.Reload()
+    events = read_events(out)
     assert {f"activation/{n}/saturated" for n in hidden} <= set(events.Tags()["scalars"])
     assert "hist/activation/blocks.2" in events.Tags()["histograms"]
 

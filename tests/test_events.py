@@ -10,7 +10,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from initlab.loggers import SESSION_DIR
 from initlab.train import run
-from tests.test_monitors import read_events
+from tests.helpers import read_events
 
 COMPARE_FIRST = {"init", "init_gain", "optim", "lr", "activation", "model", "seed"}
 

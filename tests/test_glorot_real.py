@@ -8,7 +8,7 @@ import pytest
 
 from initlab import project_root
 from initlab.train import run
-from tests.test_monitors import read_events
+from tests.helpers import compose_config, read_events
 
 pytestmark = pytest.mark.real_data
 DATA = f"data.data_dir={project_root() / 'data'}"
@@ -17,20 +17,14 @@ HIDDEN = [f"fc{i}" for i in range(1, 6)]
 
 @pytest.fixture(scope="module")
 def init_stats(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
-    from tests.helpers import CONF
-
     stats = {}
     for scheme in ("standard", "xavier"):
         out = tmp_path_factory.mktemp(scheme)
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[
-                DATA, f"output_dir={out}", "model=mlp", "model.activation=tanh", f"init={scheme}",
-                "optim=sgd", "data.normalize=false", "callbacks=glorot", "trainer.max_steps=1",
-                "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none",
-                "checkpoint=null", "test=false"])
-        run(cfg)
+        run(compose_config(
+            DATA, f"output_dir={out}", "model=mlp", "model.activation=tanh", f"init={scheme}",
+            "optim=sgd", "data.normalize=false", "callbacks=glorot", "trainer.max_steps=1",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none",
+            "checkpoint=null", "test=false"))
         stats[scheme] = json.loads((out / "init_stats.json").read_text())
     return stats
 

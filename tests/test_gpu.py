@@ -5,9 +5,6 @@ CUDA is absent (tests/conftest.py). ``pytest -m gpu`` runs them all, the real-MN
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 
 import lightning as L
@@ -19,19 +16,13 @@ from initlab.bench.cases import DEFAULT_CASES
 from initlab.train import build, run
 from tests.helpers import (
     CORRUPT_KEYS,
-    ROOT,
     assert_resume_after_two_epochs_matches,
     checkpoint_test_accuracy,
+    run_script,
 )
 
 pytestmark = pytest.mark.gpu
 GPU = "trainer.accelerator=gpu"
-
-
-def _train_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *args],
-                          capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _merged(per_loader: list[dict]) -> dict[str, float]:
@@ -42,8 +33,8 @@ def _merged(per_loader: list[dict]) -> dict[str, float]:
 def test_the_main_command_for_one_epoch_on_cuda(tmp_path):
     """README's command (monitors, test and robustness on) on the GPU, one epoch."""
     out = tmp_path / "run"
-    proc = _train_script(f"hydra.run.dir={out}", GPU, "trainer.max_epochs=1",
-                         "trainer.enable_progress_bar=false")
+    proc = run_script("train.py", f"hydra.run.dir={out}", GPU, "trainer.max_epochs=1",
+                      "trainer.enable_progress_bar=false", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "ok", result.get("error")
@@ -152,11 +143,11 @@ def test_ddp_on_one_gpu(tiny_data, tmp_path):
     one-example tolerance."""
     out = tmp_path / "ddp"
     # trainer=ddp as it is: devices=auto is this machine's one GPU (not 2, as it once asked)
-    proc = _train_script("trainer=ddp", GPU, f"hydra.run.dir={out}",
-                         f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
-                         "data.batch_size=16", "model.channels=[4,8]", "model.hidden=16",
-                         "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-                         "callbacks=default", "status.stall_accuracy=0")
+    proc = run_script("train.py", "trainer=ddp", GPU, f"hydra.run.dir={out}",
+                      f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
+                      "data.batch_size=16", "model.channels=[4,8]", "model.hidden=16",
+                      "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+                      "callbacks=default", "status.stall_accuracy=0", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "ok", result.get("error")

@@ -16,6 +16,7 @@ import pytest
 from initlab.loggers import SESSION_DIR, hparams_columns
 from initlab.train import run
 
+pytestmark = pytest.mark.slow  # each test starts a TensorBoard server: seconds of imports
 SWEEP = [("0.01", "xavier"), ("0.01", "he"), ("0.1", "xavier"), ("0.1", "he")]
 
 

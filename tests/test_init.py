@@ -10,6 +10,7 @@ from torch import nn
 
 from initlab.init import SCHEMES, apply_init, fans
 from initlab.models import MLP
+from initlab.train import build
 from tests.helpers import CONF
 
 FAN_IN, FAN_OUT = 800, 1200  # one Linear layer: 960k samples
@@ -84,24 +85,35 @@ def test_default_init_refuses_a_gain_it_cannot_honour():
         apply_init(nn.Linear(4, 4), "xavier", scale=2.0)
 
 
-def test_every_init_config_trains_what_it_says(make_cfg):
-    """Each conf/init option, composed, puts its documented variance on the default CNN."""
-    from hydra.utils import instantiate
-    for path in sorted((CONF / "init").glob("*.yaml")):
-        cfg = make_cfg(f"init={path.stem}", tiny=False)
-        model = instantiate(cfg.model)
-        torch.manual_seed(0)
-        apply_init(model, **cfg.init, activation=cfg.model.activation)
-        w = model.fc1.weight  # 800 -> 256
-        if path.stem == "zeros":
-            assert torch.count_nonzero(w) == 0
-            continue
-        if path.stem == "constant":  # the documented 0.01, biases zero
-            assert torch.equal(w, torch.full_like(w, 0.01)) and cfg.init.scale == 0.01
-            assert torch.count_nonzero(model.fc1.bias) == 0
-            continue
-        gain = NULL_GAIN.get(path.stem, 1.0)
-        assert_moments(w, expected_variance(path.stem, gain, fan_in=800, fan_out=256, rows=256))
+INITS = sorted(p.stem for p in (CONF / "init").glob("*.yaml"))
+DEFAULT_CNN = ("model.channels=[24,32]", "model.hidden=256")  # fc1: 800 -> 256
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_every_init_config_builds_what_it_says(make_cfg, init):
+    """Each conf/init option, composed and built as a run builds it, puts its documented
+    variance on the default CNN."""
+    _, module, _ = build(make_cfg(f"init={init}", *DEFAULT_CNN))
+    fc1 = module.model.fc1
+    w = fc1.weight
+    if init == "zeros":
+        assert torch.count_nonzero(w) == 0
+    elif init == "constant":  # the documented 0.01, biases zero
+        assert torch.equal(w, torch.full_like(w, 0.01))
+        assert torch.count_nonzero(fc1.bias) == 0
+    else:
+        assert_moments(w, expected_variance(init, NULL_GAIN.get(init, 1.0), fan_in=800,
+                                            fan_out=256, rows=256))
+
+
+@pytest.mark.parametrize("overrides,variance", [
+    (("init=xavier", "init.gain=auto"), 2 / 528),  # ReLU's gain^2 = 2 over fan_avg (800 + 256) / 2
+    (("init=xavier", "init.mode=fan_in"), 1 / 800),
+    (("init=standard", "init.gain=2"), 4 / (3 * 800)),
+])
+def test_init_settings_in_the_config_are_in_effect(make_cfg, overrides, variance):
+    _, module, _ = build(make_cfg(*overrides, *DEFAULT_CNN))
+    assert_moments(module.model.fc1.weight, variance)
 
 
 @pytest.mark.parametrize("scheme,mode", [("xavier", "fan_in"), ("standard", "fan_out"),

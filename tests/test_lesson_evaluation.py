@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from initlab.models import MLP
-from tests.test_lesson_monitors import fit, read_scalars
+from tests.helpers import fit, read_scalars
 
 
 def _accuracy(model, x, y) -> float:

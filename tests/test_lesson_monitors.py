@@ -12,7 +12,6 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from initlab.data.mnist import MEAN, STD
@@ -20,22 +19,9 @@ from initlab.monitors import GradientNoiseMonitor, WeightSummary
 from initlab.monitors.evaluation import DISTINCT_CHUNK, count_distinct_rows
 from initlab.train import ConfigError, build, run
 from initlab.utils import weight_layers
+from tests.helpers import fit, read_scalars
 
 TINY_MLP_NO_DROPOUT = ("model=mlp", "model.dropout=0.0", "test=false")
-
-
-def read_scalars(path) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def fit(cfg, *extra: L.Callback):
-    """build + fit as run() does, with test-only callbacks appended; the trainer afterwards."""
-    datamodule, module, trainer = build(cfg)
-    trainer.callbacks.extend(extra)
-    trainer.fit(module, datamodule=datamodule)
-    return datamodule, module, trainer
 
 
 # ----------------------------------------------------------------------------- WeightSummary

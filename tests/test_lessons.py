@@ -6,18 +6,14 @@ one distinct unit per layer under zero init)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from initlab.report.collect import Run
 from initlab.report.lessons import LESSONS, choice, lesson_section
-from tests.helpers import CONF, ROOT
+from tests.helpers import CONF, compose_config, run_script
 
 TOPICS = list(LESSONS)
 CNN_TOPICS = {"fitting", "dropout", "augmentation"}
@@ -30,16 +26,14 @@ def test_every_lesson_has_an_experiment_and_the_lesson_order():
     assert [LESSONS[t][0] for t in TOPICS] == list(range(1, 13))
 
 
-def _compose(*overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=["output_dir=/tmp/unused", *overrides])
+NOT_RUN = "output_dir=/tmp/unused"  # composed, never trained
 
 
 @pytest.mark.parametrize("topic", TOPICS)
 def test_lesson_scale_full_is_the_bigger_version(topic):
     arm = ["+arm/fitting=overfit"] if topic == "fitting" else []  # its arms hold its budgets
-    small = _compose(f"experiment=lesson/{topic}", *arm)
-    full = _compose(f"experiment=lesson/{topic}", "lesson.scale=full", *arm)
+    small = compose_config(NOT_RUN, f"experiment=lesson/{topic}", *arm)
+    full = compose_config(NOT_RUN, f"experiment=lesson/{topic}", "lesson.scale=full", *arm)
     assert small.lesson.topic == topic and small.lesson.scale == "small"
     small, full = (OmegaConf.to_container(c, resolve=True) for c in (small, full))
     assert full["data"]["train_samples"] is None or full["data"]["train_samples"] >= \
@@ -49,15 +43,15 @@ def test_lesson_scale_full_is_the_bigger_version(topic):
 
 
 def test_a_bad_lesson_scale_names_the_allowed_ones():
-    cfg = _compose("experiment=lesson/symmetry", "lesson.scale=huge")
+    cfg = compose_config(NOT_RUN, "experiment=lesson/symmetry", "lesson.scale=huge")
     with pytest.raises(Exception, match=r"lesson.scale='huge' is invalid; allowed: \['small', 'full'\]"):
         OmegaConf.to_container(cfg, resolve=True)
 
 
 def _tiny_lesson(topic, tiny_data, sweep, *extra, train_samples=True):
-    args = [sys.executable, str(ROOT / "scripts/train.py"), "-m", f"experiment=lesson/{topic}",
-            f"hydra.sweep.dir={sweep}", f"data.data_dir={tiny_data}", "data.verify=false",
-            "data.sources=[local]", *(["data.train_samples=96"] if train_samples else []),
+    args = ["-m", f"experiment=lesson/{topic}", f"hydra.sweep.dir={sweep}",
+            f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
+            *(["data.train_samples=96"] if train_samples else []),
             "data.eval_batch_size=100",
             "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.max_steps=4",
             "trainer.log_every_n_steps=1", "callbacks.update_ratio.every_n_steps=1", *extra]
@@ -65,15 +59,13 @@ def _tiny_lesson(topic, tiny_data, sweep, *extra, train_samples=True):
         args.append("model.width=16")
     if topic == "augmentation":
         args += ["robustness.noise=[0.2,0.5]", "robustness.skew=[20,45]"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = run_script("train.py", *args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def _report(sweep) -> dict:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts/report.py"), str(sweep)],
-                          capture_output=True, text=True, timeout=600)
+    proc = run_script("report.py", str(sweep))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((sweep / "lesson.json").read_text())
 
@@ -174,10 +166,8 @@ def test_a_partial_sweep_reports_what_it_has_and_says_what_is_missing(tmp_path):
 # ---------------------------------------------------------------- real MNIST, the claims
 
 def _real_lesson(topic, sweep, *extra) -> dict:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), "-m",
-                           f"experiment=lesson/{topic}", f"hydra.sweep.dir={sweep}",
-                           "trainer.enable_progress_bar=false", *extra],
-                          capture_output=True, text=True, timeout=1500)
+    proc = run_script("train.py", "-m", f"experiment=lesson/{topic}", f"hydra.sweep.dir={sweep}",
+                      "trainer.enable_progress_bar=false", *extra, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return _report(sweep)
 

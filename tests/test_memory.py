@@ -38,6 +38,7 @@ def _faults(mode: str) -> int:
 ROUND_PAGES = 10_500_000 * 4 // 4096  # the pages one round writes
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch
 def test_retained_memory_is_reused_without_page_faults():
     """Retained, ten rounds take at most one round's pages in faults (they reuse the first
     round's memory); with glibc's defaults the blocks go back to the OS and come back as

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from initlab.init import apply_init
 from initlab.models import CNN, MLP
@@ -31,12 +30,7 @@ from initlab.monitors.stats import (
     probe_mode,
 )
 from initlab.train import run
-
-
-def read_events(path) -> EventAccumulator:
-    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "histograms": 0})
-    acc.Reload()
-    return acc
+from tests.helpers import read_events
 
 
 def test_probe_matches_direct_computation_and_leaves_grads_alone():

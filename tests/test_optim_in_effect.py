@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from initlab.train import ConfigError, build, run
-from tests.helpers import CONF
+from tests.helpers import CONF, matrix
 
 OPTIMS = sorted(p.stem for p in (CONF / "optim").glob("*.yaml"))
 SCHEDULERS = sorted(p.stem for p in (CONF / "scheduler").glob("*.yaml"))
@@ -23,8 +23,11 @@ def as_config_value(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULERS)
-@pytest.mark.parametrize("optim", OPTIMS)
+# fast: every optimizer under the default scheduler, every scheduler with momentum (what
+# one-cycle could cycle)
+@pytest.mark.parametrize(("optim", "scheduler"), matrix(
+    OPTIMS, SCHEDULERS,
+    fast={(optim, "onecycle") for optim in OPTIMS} | {("momentum", s) for s in SCHEDULERS}))
 def test_optimizer_state_after_training_equals_the_config(make_cfg, optim, scheduler):
     cfg = make_cfg(f"optim={optim}", f"scheduler={scheduler}", "trainer.max_epochs=2",
                    "robustness=null", outputs=True)

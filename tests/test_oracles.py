@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from initlab import project_root
 from initlab.monitors.callbacks import TAGS
 from initlab.train import build
-from tests.test_monitors import read_events
+from tests.helpers import read_events
 
 # acceptance: means and stds 1%, p98 2%, singular values 3% (relative)
 TOLERANCE = {"activation_mean": 0.01, "activation_std": 0.01, "preactivation_std": 0.01,
@@ -159,8 +159,11 @@ def close(got: float, exact: float, key: str, scale: float) -> bool:
     return abs(got - exact) <= TOLERANCE[key] * max(abs(exact), scale)
 
 
-@pytest.mark.parametrize("case", ["mlp", "cnn"])
-@pytest.mark.parametrize("real", [False, pytest.param(True, marks=pytest.mark.real_data)])
+@pytest.mark.parametrize(("real", "case"), [
+    (False, "mlp"),
+    pytest.param(False, "cnn", marks=pytest.mark.slow),  # conv Jacobians by autograd: seconds
+    pytest.param(True, "mlp", marks=pytest.mark.real_data),
+    pytest.param(True, "cnn", marks=pytest.mark.real_data)])
 def test_every_logged_statistic_matches_the_oracle(make_cfg, tmp_path, case, real):
     model, x, y, out, cfg = run_at_init(make_cfg, tmp_path, case, real)
     expected, tensors = oracle(model, x, y, cfg.model.activation, JACOBIAN_SAMPLES)

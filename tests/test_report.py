@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,30 +15,25 @@ import torch
 from initlab.report import Run, collect_runs, write_report
 from initlab.report.write import histogram_curves
 from initlab.train import run
-from tests.helpers import ROOT
+from tests.helpers import run_script, script_command, tiny_overrides, write_tiny_mnist
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    from tests.helpers import write_tiny_mnist
-
+    """8 runs through scripts/train.py -m (the tests reading it are slow)."""
     root = tmp_path_factory.mktemp("report")
     write_tiny_mnist(root / "data")
     sweep = root / "sweep"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "-m", "init=zeros,xavier",
-         "optim.lr=1e12,0.01", "seed=1,2", "optim=sgd", "scheduler=none",
-         f"hydra.sweep.dir={sweep}", f"data.data_dir={root / 'data'}", "data.verify=false",
-         "data.sources=[local]", "data.train_samples=96", "data.batch_size=32",
-         "model.channels=[4,8]", "model.hidden=16", "trainer.accelerator=cpu",
-         "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-         "status.check_every_n_steps=1", "callbacks.probe.every_n_steps=2", "checkpoint=null",
-         "robustness=null"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = run_script(
+        "train.py", "-m", f"hydra.sweep.dir={sweep}", *tiny_overrides((), root / "data"),
+        "init=zeros,xavier", "optim.lr=1e12,0.01", "seed=1,2", "optim=sgd", "scheduler=none",
+        "trainer.max_epochs=3", "status.check_every_n_steps=1", "callbacks=default",
+        "callbacks.probe.every_n_steps=2", "checkpoint=null", "robustness=null", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep
 
 
+@pytest.mark.slow  # reads the sweep
 def test_report_rows_and_numbers_come_from_the_runs(sweep):
     runs = collect_runs(sweep)
     assert len(runs) == 8
@@ -63,6 +56,7 @@ def test_report_rows_and_numbers_come_from_the_runs(sweep):
     assert "stalled: 2" in stalled and "(includes 2 stalled)" in stalled
 
 
+@pytest.mark.slow  # reads the sweep
 def test_at_init_table_reads_init_stats(sweep):
     runs = collect_runs(sweep)
     report = (sweep / "report.md").read_text() if (sweep / "report.md").exists() \
@@ -74,6 +68,7 @@ def test_at_init_table_reads_init_stats(sweep):
     assert f"{value:.4g}" in conv1
 
 
+@pytest.mark.slow  # reads the sweep
 def test_figures_exist_and_are_linked(sweep):
     runs = collect_runs(sweep)
     report = write_report(sweep, runs).read_text()
@@ -86,6 +81,7 @@ def test_figures_exist_and_are_linked(sweep):
         assert (sweep / name).stat().st_size > 1000
 
 
+@pytest.mark.slow  # reads the sweep
 def test_partial_sweep_is_marked(sweep, tmp_path):
     import shutil
 
@@ -101,6 +97,7 @@ def test_partial_sweep_is_marked(sweep, tmp_path):
     assert f"lost: pid {heartbeat['pid']} on {heartbeat['host']} is gone" in report
 
 
+@pytest.mark.slow  # reads the sweep
 def test_each_row_says_why_from_the_runs_numbers(sweep):
     """Each configuration's row and each run's line give the status with the measurement
     behind it, read from result.json."""
@@ -130,6 +127,7 @@ def test_each_row_says_why_from_the_runs_numbers(sweep):
         assert why in line
 
 
+@pytest.mark.slow  # a run through scripts/train.py, killed
 def test_a_killed_run_is_lost_not_running(tiny_data, tmp_path):
     """SIGKILL leaves no result.json: while the process lives the report says running, once it
     is gone, lost; a heartbeat from another host is judged by its age."""
@@ -140,11 +138,8 @@ def test_a_killed_run_is_lost_not_running(tiny_data, tmp_path):
 
     out = tmp_path / "job"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={out}",
-         f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
-         "data.train_samples=96", "data.batch_size=32", "model.channels=[4,8]",
-         "model.hidden=16", "trainer.accelerator=cpu", "trainer.max_epochs=100000",
-         "callbacks=none", "robustness=null", "checkpoint=null"],
+        script_command("train.py", f"hydra.run.dir={out}", *tiny_overrides((), tiny_data),
+                       "trainer.max_epochs=100000", "robustness=null", "checkpoint=null"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -172,10 +167,10 @@ def test_a_killed_run_is_lost_not_running(tiny_data, tmp_path):
     assert "no heartbeat from pid" in elsewhere.liveness(now=late)[1]
 
 
+@pytest.mark.slow  # reads the sweep
 def test_single_run_report(sweep):
     job = sorted(p for p in sweep.iterdir() if p.is_dir())[0]
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts/report.py"), str(job)],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_script("report.py", str(job))
     assert proc.returncode == 0, proc.stderr
     assert "1 run(s)" in proc.stdout and (job / "report.md").exists()
     result = json.loads((job / "result.json").read_text())

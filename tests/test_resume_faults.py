@@ -20,7 +20,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from initlab.checkpointing import AtomicCheckpointIO
 from initlab.train import ConfigError, build, run
-from tests.helpers import ROOT, assert_resume_after_two_epochs_matches
+from tests.helpers import (
+    assert_resume_after_two_epochs_matches,
+    run_script,
+    script_command,
+    script_env,
+    tiny_overrides,
+)
 
 
 def test_resume_ends_like_an_uninterrupted_run(make_cfg, tmp_path):
@@ -171,12 +177,13 @@ def test_full_disk_is_a_clear_error(make_cfg, tmp_path, monkeypatch):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_saves_a_checkpoint_and_resumes(tiny_data, tmp_path, sig):
     out = tmp_path / "run"
-    args = [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={out}",
-            f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
-            "data.batch_size=8", "model.channels=[4,8]", "model.hidden=16", "trainer.max_epochs=400",
-            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "callbacks=none",
+    # the whole tiny training set (550) in batches of 8: an epoch of 69 steps to stop inside
+    args = [*tiny_overrides((), tiny_data), "data.train_samples=null", "data.batch_size=8",
             "robustness=null", "scheduler=none", "status.stall_accuracy=0"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(script_command("train.py", f"hydra.run.dir={out}", *args,
+                                           "trainer.max_epochs=400"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=script_env())
     deadline = time.time() + 120
     while not (out / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
         time.sleep(0.2)  # wait until training is under way (one epoch done)
@@ -190,10 +197,8 @@ def test_interrupted_run_saves_a_checkpoint_and_resumes(tiny_data, tmp_path, sig
     checkpoint = torch.load(ckpt, weights_only=False)
     step = checkpoint["global_step"]
     assert step > 0 and f"interrupted at step {step}" in output
-    resume = [a for a in args if not a.startswith(("trainer.max_epochs", "hydra.run.dir"))]
-    resumed = subprocess.run(resume + [f"trainer.max_epochs={checkpoint['epoch'] + 2}",
-                                       f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'resumed'}"],
-                             capture_output=True, text=True, timeout=600)
+    resumed = run_script("train.py", *args, f"trainer.max_epochs={checkpoint['epoch'] + 2}",
+                         f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'resumed'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     result = json.loads((tmp_path / "resumed" / "result.json").read_text())
     assert result["steps"] > step and result["status"] == "ok"

@@ -3,21 +3,19 @@ of a large batch, the class distribution, determinism, the data module and a sho
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image, ImageDraw
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from initlab.data import ShapesetDataModule
 from initlab.data.shapes import MAX_VERTICES, ShapeGenerator
 from initlab.data.shapeset import Stream, generate
 from initlab.train import ConfigError, build, run
-from tests.conftest import NO_OUTPUTS, TINY_CNN, TINY_MLP
-from tests.helpers import CONF
+from tests.helpers import read_events, read_scalars
 
 GEN = ShapeGenerator()
 # The generator's definition (simpleexemple.py, polygongen.py), written out independently.
@@ -215,42 +213,34 @@ def test_bad_values_name_the_key(key, value):
         ShapesetDataModule(**{key: value})
 
 
-def shapeset_cfg(tmp_path, *extra, outputs=False):
-    """The real train config on data=shapeset, shrunk to a few CPU steps on small sets."""
-    tiny = ["data=shapeset", "data.batch_size=32", "data.eval_batch_size=100",
-            "data.train_size=96", "data.val_size=200", "data.test_size=200",
-            "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-            "trainer.log_every_n_steps=1", "callbacks=none",
-            *(TINY_MLP if "model=mlp" in extra else TINY_CNN), *([] if outputs else NO_OUTPUTS)]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train",
-                       overrides=[f"output_dir={tmp_path / 'run'}", *tiny, *extra])
+SHAPESET = "data=shapeset"
 
 
-def test_models_take_shape_and_classes_from_the_data(tmp_path):
-    _, module, _ = build(shapeset_cfg(tmp_path, "model=mlp"))
+def test_models_take_shape_and_classes_from_the_data(make_cfg, tmp_path):
+    _, module, _ = build(make_cfg(SHAPESET, "model=mlp"))
     assert module.model.fc1.in_features == 1024 and module.model.out.out_features == 9
     assert module.val_acc.num_classes == 9
-    _, module, _ = build(shapeset_cfg(tmp_path))
+    _, module, _ = build(make_cfg(SHAPESET))
     assert module.model(torch.zeros(2, 1, 32, 32)).shape == (2, 9)
     with pytest.raises(ConfigError, match="model.in_features=784"):
-        build(shapeset_cfg(tmp_path, "model=mlp", "+model.in_features=784"))
+        build(make_cfg(SHAPESET, "model=mlp", "+model.in_features=784"))
 
 
-def test_training_with_augment_and_corrupted_tests_logs_the_grid(tmp_path):
-    cfg = shapeset_cfg(tmp_path, "augment=noise_skew", "logger=tensorboard",
+def test_training_with_augment_and_corrupted_tests_logs_the_grid(make_cfg, tmp_path):
+    cfg = make_cfg(SHAPESET, "augment=noise_skew", "logger=tensorboard",
                        "robustness={noise: [0.2], skew: [20]}", outputs=True)
     run(cfg)
-    events = EventAccumulator(str(tmp_path / "run")).Reload()
+    events = read_events(tmp_path / "run")
     assert {"shapeset/examples", "augment/examples"} <= set(events.Tags()["images"])
-    scalars = set(events.Tags()["scalars"])
-    assert {"test/acc", "test_corrupt/noise_0.2/acc", "test_corrupt/skew_20/acc"} <= scalars
+    metrics = json.loads((tmp_path / "run" / "result.json").read_text())["metrics"]
+    for tag in ("test/acc", "test_corrupt/noise_0.2/acc", "test_corrupt/skew_20/acc"):
+        assert events.Scalars(tag)[-1].value == pytest.approx(metrics[tag]), tag
 
 
-def test_a_small_tanh_mlp_learns_well_above_chance(tmp_path):
+def test_a_small_tanh_mlp_learns_well_above_chance(make_cfg, tmp_path):
     """400 steps of a 2 x 256 tanh MLP (Adam, batch 50) on the real stream: well above chance
     (1/9) and above the most frequent class (1/6). Measured: 0.247 test accuracy, 2 s."""
-    cfg = shapeset_cfg(tmp_path, "model=mlp", "model.depth=2", "model.width=256",
+    cfg = make_cfg(SHAPESET, "model=mlp", "model.depth=2", "model.width=256",
                        "model.activation=tanh", "optim=adam", "optim.lr=0.001", "scheduler=none",
                        "data.batch_size=50", "data.train_size=20000", "data.val_size=2000",
                        "data.test_size=2000", "trainer.max_steps=400", "trainer.max_epochs=null",
@@ -272,19 +262,25 @@ def test_stream_resumes_mid_epoch_and_draws_new_images_each_epoch():
     assert not torch.equal(torch.cat(full), torch.cat([x for x, _ in stream(epoch=1)]))
 
 
-def test_monitors_run_on_shapeset(tmp_path):
+def test_monitors_run_on_shapeset(make_cfg, tmp_path):
     """The default and lesson monitors (probe statistics and Jacobians on probe_batch, gradient
     noise on train_subset) on a Shapeset MLP."""
-    cfg = shapeset_cfg(tmp_path, "model=mlp", "callbacks=lesson", "robustness=null",
+    cfg = make_cfg(SHAPESET, "model=mlp", "callbacks=lesson", "robustness=null",
                        "callbacks.probe.jacobian_samples=2", "callbacks.probe.num_examples=50",
                        "+callbacks.noise._target_=initlab.monitors.GradientNoiseMonitor",
                        "+callbacks.noise.num_examples=64", "+callbacks.noise.every_n_examples=32",
                        outputs=True)
     run(cfg)
-    stats = (tmp_path / "run" / "init_stats.json").read_text()
-    assert '"fc1"' in stats and '"fan_in": 1024' in stats
-    scalars = set(EventAccumulator(str(tmp_path / "run")).Reload().Tags()["scalars"])
-    assert {"grad_noise/cosine", "jacobian/fc1/mean_sv", "activation/fc2/std"} <= scalars
+    stats = json.loads((tmp_path / "run" / "init_stats.json").read_text())["layers"]
+    assert stats["fc1"]["fan_in"] == 1024  # 32 x 32 pixels
+    scalars = read_scalars(tmp_path / "run")
+    for tag, key in (("jacobian/fc1/mean_sv", "jacobian_mean_sv"), ("activation/fc2/std",
+                                                                     "activation_std")):
+        step, value = scalars[tag][0]  # step 0's measurement is init_stats.json's
+        layer = tag.split("/")[1]
+        assert step == 0 and value == pytest.approx(stats[layer][key], rel=1e-6), tag
+    cosines = [value for _, value in scalars["grad_noise/cosine"]]
+    assert cosines and all(-1 <= c <= 1 for c in cosines)
 
 
 @pytest.mark.gpu

@@ -122,6 +122,7 @@ def _prepare(root, md5):
     ensure_mnist(root, sources=["local"], checksums=md5, log=lambda _: None)
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch
 def test_two_processes_preparing_at_once_produce_correct_files(tmp_path):
     md5 = write_tiny_mnist(tmp_path, gz=True)
     ctx = multiprocessing.get_context("spawn")

@@ -10,10 +10,9 @@ import json
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from initlab.train import build, run
-from tests.helpers import CORRUPT_KEYS, TeardownTrap
+from tests.helpers import CORRUPT_KEYS, TeardownTrap, read_events
 
 TRAP = "+callbacks.trap._target_=tests.helpers.TeardownTrap"
 
@@ -46,8 +45,6 @@ def test_the_default_command_finishes_with_the_trap(make_cfg, tmp_path):
     assert metrics["test/acc"] == accuracy and "test/loss" in metrics
     assert CORRUPT_KEYS <= set(metrics)
     assert not [k for k in metrics if "dataloader_idx" in k]
-    events = EventAccumulator(str(tmp_path / "run"))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
+    tags = set(read_events(tmp_path / "run").Tags()["scalars"])
     assert CORRUPT_KEYS | {"test/acc", "test/loss"} <= tags  # TensorBoard gets the same names
     assert not [t for t in tags if "dataloader_idx" in t]

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 import time
 
 import lightning as L
@@ -17,7 +14,7 @@ from omegaconf import OmegaConf
 
 from initlab.status import RunStatus
 from initlab.train import run
-from tests.helpers import ROOT
+from tests.helpers import matrix, run_script, tiny_overrides
 
 
 def test_diverged_run_stops_early_and_says_where(make_cfg, tmp_path):
@@ -30,8 +27,8 @@ def test_diverged_run_stops_early_and_says_where(make_cfg, tmp_path):
     assert 0 <= result["diverged_step"] <= result["steps"] < 15  # stopped long before 5 epochs
 
 
-@pytest.mark.parametrize("model", ["cnn", "mlp"])
-@pytest.mark.parametrize("every", [1, 3, 7])
+@pytest.mark.parametrize(("model", "every"), matrix(["cnn", "mlp"], [1, 3, 7],
+                                                    fast={("cnn", 7), ("mlp", 3)}))
 def test_divergence_at_any_monitor_cadence_ends_diverged(make_cfg, tmp_path, model, every):
     """Probe, histograms, Jacobians, update ratio and the status check at cadences that do and
     do not land on the divergence step: the run still ends diverged with a result.json."""
@@ -56,9 +53,9 @@ def test_divergence_at_any_monitor_cadence_ends_diverged(make_cfg, tmp_path, mod
     assert result["diverged_step"] == expected["diverged_step"]
 
 
-@pytest.mark.parametrize("fold", [2, 3, 256])
-@pytest.mark.parametrize("bad_step", [5, 13])
-@pytest.mark.parametrize("every", [1, 4, 50])
+# fast: each fold, bad step and cadence once, folds that do and do not divide the cadence
+@pytest.mark.parametrize(("fold", "bad_step", "every"), matrix(
+    [2, 3, 256], [5, 13], [1, 4, 50], fast={(2, 13, 4), (3, 5, 50), (256, 13, 1)}))
 def test_first_non_finite_step_is_exact_across_loss_folds(make_cfg, monkeypatch, fold, bad_step,
                                                           every):
     """RunStatus keeps each step's loss and folds them on the device every FOLD steps: a NaN
@@ -185,12 +182,11 @@ def test_probe_time_counts_every_probe(make_cfg, every):
     assert sum(outside) <= monitor.timings_s["probe"] <= sum(outside) + 0.005 * len(steps)
 
 
-def sweep_args(tiny_data, sweep, *overrides):
-    return [sys.executable, str(ROOT / "scripts/train.py"), "-m", f"hydra.sweep.dir={sweep}",
-            f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
-            "data.train_samples=96", "data.batch_size=32", "model.channels=[4,8]",
-            "model.hidden=16", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-            "robustness=null", *overrides]
+def run_sweep(tiny_data, sweep, *overrides):
+    """A multirun of the tiny run through scripts/train.py into the folder ``sweep``."""
+    return run_script("train.py", "-m", f"hydra.sweep.dir={sweep}",
+                      *tiny_overrides(overrides, tiny_data), "robustness=null", *overrides,
+                      timeout=900)
 
 
 def jobs(sweep):
@@ -205,13 +201,11 @@ def test_multirun_of_diverged_stalled_and_healthy_jobs_exits_zero_and_is_reporte
     """With the default and the glorot monitors (histograms and Jacobians on), a diverging job
     ends diverged, the sweep runs every job and exits 0, and the report marks each status."""
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        sweep_args(tiny_data, sweep, "init=zeros,xavier", "optim=sgd", "optim.lr=1e12,0.05",
-                   "scheduler=none", "callbacks=default,glorot", "trainer.max_epochs=3",
-                   "status.check_every_n_steps=2", "status.stall_accuracy=0.5",
-                   "callbacks.probe.every_n_steps=1", "callbacks.probe.histogram_every_n_steps=1",
-                   "callbacks.probe.jacobian_every_n_steps=2"),
-        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = run_sweep(tiny_data, sweep, "init=zeros,xavier", "optim=sgd", "optim.lr=1e12,0.05",
+                     "scheduler=none", "callbacks=default,glorot", "trainer.max_epochs=3",
+                     "status.check_every_n_steps=2", "status.stall_accuracy=0.5",
+                     "callbacks.probe.every_n_steps=1", "callbacks.probe.histogram_every_n_steps=1",
+                     "callbacks.probe.jacobian_every_n_steps=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     statuses = {}
     for cfg, result in jobs(sweep):
@@ -224,8 +218,7 @@ def test_multirun_of_diverged_stalled_and_healthy_jobs_exits_zero_and_is_reporte
         assert statuses[("xavier", False, monitors)] == "ok"
         # zeros: every unit stays identical; a huge step only inflates the output bias (finite)
         assert statuses[("zeros", False, monitors)] == "stalled"
-    report = subprocess.run([sys.executable, str(ROOT / "scripts/report.py"), str(sweep)],
-                            capture_output=True, text=True, timeout=600)
+    report = run_script("report.py", str(sweep))
     assert report.returncode == 0, report.stderr[-3000:]
     text = (sweep / "report.md").read_text()
     for mark in ("**(1 diverged, left out)**", "**(includes 1 stalled)**", "| ok: val ",
@@ -233,14 +226,12 @@ def test_multirun_of_diverged_stalled_and_healthy_jobs_exits_zero_and_is_reporte
         assert mark in text
 
 
+@pytest.mark.slow  # a sweep through scripts/train.py
 def test_a_crashed_job_is_recorded_failed_and_the_sweep_goes_on(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        sweep_args(tiny_data, sweep, "callbacks=none", "logger=none", "checkpoint=null",
-                   "trainer.max_epochs=2", "+callbacks.crash._target_=tests.helpers.CrashAtStep",
-                   "+callbacks.crash.step=2,null"),
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    proc = run_sweep(tiny_data, sweep, "logger=none", "checkpoint=null", "trainer.max_epochs=2",
+                     "+callbacks.crash._target_=tests.helpers.CrashAtStep",
+                     "+callbacks.crash.step=2,null")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (crashed_cfg, crashed), (_, healthy) = jobs(sweep)
     assert crashed_cfg.callbacks.crash.step == 2
@@ -261,12 +252,9 @@ def test_a_crash_in_a_single_run_raises_after_writing_result(make_cfg, tmp_path)
     assert math.isnan(run(cfg, keep_going=True))  # a sweep's job returns NaN and goes on
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_config_errors_still_fail_a_sweep(tiny_data, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "-m", "optim.lr=0.01,-1",
-         f"hydra.sweep.dir={tmp_path}", f"data.data_dir={tiny_data}", "data.sources=[local]",
-         "data.verify=false", "trainer.max_steps=1", "trainer.accelerator=cpu"],
-        capture_output=True, text=True, timeout=600)
+    proc = run_sweep(tiny_data, tmp_path, "optim.lr=0.01,-1", "trainer.max_steps=1")
     assert proc.returncode != 0 and "optim.lr=-1 is invalid" in proc.stderr
 
 
@@ -313,8 +301,7 @@ def fit_result(make_cfg, tmp_path, *overrides, callbacks=(), outputs=False):
     return status, trainer
 
 
-@pytest.mark.parametrize("every", [1, 4])
-@pytest.mark.parametrize("bad_step", [2, 5])
+@pytest.mark.parametrize(("every", "bad_step"), matrix([1, 4], [2, 5], fast={(1, 2), (4, 5)}))
 def test_a_finite_blowup_is_diverged_at_its_first_step(make_cfg, tmp_path, every, bad_step):
     status, trainer = fit_result(make_cfg, tmp_path, "trainer.max_epochs=6",
                                  f"status.check_every_n_steps={every}",
@@ -336,7 +323,7 @@ class RecordLosses(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("every", [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_blowup_bound_is_configurable_and_can_be_turned_off(make_cfg, tmp_path, every):
     """With the bound off a blown-up (finite) run trains to the end; with a bound, it is
     diverged at the first step whose loss, recorded by the off run, passed bound x step 0's."""
@@ -356,7 +343,7 @@ def test_blowup_bound_is_configurable_and_can_be_turned_off(make_cfg, tmp_path, 
     assert on.first_loss == pytest.approx(losses[0], rel=1e-6)
 
 
-@pytest.mark.parametrize("every", [1, 4])
+@pytest.mark.parametrize("every", [pytest.param(1, marks=pytest.mark.slow), 4])
 def test_a_non_finite_loss_is_diverged_and_says_so(make_cfg, tmp_path, every):
     status, _ = fit_result(make_cfg, tmp_path, "trainer.max_epochs=6",
                            f"status.check_every_n_steps={every}", callbacks=[PoisonOutput(3)])
@@ -366,8 +353,8 @@ def test_a_non_finite_loss_is_diverged_and_says_so(make_cfg, tmp_path, every):
     json.dumps(summary, allow_nan=False)  # result.json holds it
 
 
-@pytest.mark.parametrize(("every", "epochs"), [(1, 2), (4, 3)])
-@pytest.mark.parametrize("basis", ["val", "test", "train"])
+@pytest.mark.parametrize(("every", "epochs"), [pytest.param(1, 2, marks=pytest.mark.slow), (4, 3)])
+@pytest.mark.parametrize("basis", ["val", "test", "train"])  # each its own code path
 def test_zero_init_stalls_whether_or_not_validation_ran(make_cfg, tmp_path, every, epochs, basis):
     """Zero init keeps every unit identical: the run ends near chance. It is stalled from the
     last validation accuracy; without validation from the test accuracy; without either from
@@ -390,7 +377,7 @@ def test_zero_init_stalls_whether_or_not_validation_ran(make_cfg, tmp_path, ever
     assert ("val/acc" in result["metrics"]) == (basis == "val")
 
 
-@pytest.mark.parametrize(("every", "epochs"), [(1, 1), (4, 2)])
+@pytest.mark.parametrize(("every", "epochs"), [(1, 1), pytest.param(4, 2, marks=pytest.mark.slow)])
 def test_a_run_that_learns_is_ok_with_its_reason(make_cfg, tmp_path, every, epochs):
     run(make_cfg("data.train_samples=null", "robustness=null", "status.stall_accuracy=0.5",
                  f"status.check_every_n_steps={every}", f"trainer.max_epochs={epochs}"))

@@ -5,15 +5,11 @@ each threshold) and training-time figures, from real tiny runs."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from initlab.budget import job_count, updates_per_job
@@ -29,23 +25,18 @@ from initlab.report.table1 import (
     paper_verdict,
 )
 from initlab.train import build, run
-from tests.helpers import CONF, ROOT
+from tests.helpers import compose_config, run_script
 
 EPS = 1e-6
-
-
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
 
 
 # ---- budgets ----
 
 @pytest.mark.parametrize("data", ["mnist", "shapeset"])
 def test_budgets_compose_with_their_own_keys(data):
-    quick = _compose("experiment=glorot_table1", f"data={data}")
-    cpu = _compose("experiment=glorot_table1", f"data={data}", "budget=cpu")
-    paper = _compose("experiment=glorot_table1", f"data={data}", "budget=paper")
+    quick = compose_config("experiment=glorot_table1", f"data={data}", hydra=True)
+    cpu = compose_config("experiment=glorot_table1", f"data={data}", "budget=cpu", hydra=True)
+    paper = compose_config("experiment=glorot_table1", f"data={data}", "budget=paper", hydra=True)
     assert (quick.budget, cpu.budget, paper.budget) == ("quick", "cpu", "paper")
     assert quick.pilots is None and paper.pilots is None and len(cpu.pilots.lrs) >= 2
     assert paper.trainer.max_steps == PAPER_UPDATES
@@ -58,7 +49,7 @@ def test_budgets_compose_with_their_own_keys(data):
 
 def test_a_bad_budget_name_is_refused_before_training_naming_the_allowed_ones():
     with pytest.raises(ConfigCompositionException) as err:
-        _compose("experiment=glorot_table1", "budget=hour")
+        compose_config("experiment=glorot_table1", "budget=hour", hydra=True)
     text = str(err.value)
     assert "budget/hour" in text
     for name in ("quick", "cpu", "paper"):
@@ -66,21 +57,20 @@ def test_a_bad_budget_name_is_refused_before_training_naming_the_allowed_ones():
 
 
 def test_job_count_and_updates_follow_the_sweep():
-    paper = _compose("experiment=glorot_table1", "budget=paper")
+    paper = compose_config("experiment=glorot_table1", "budget=paper", hydra=True)
     params = paper.hydra.sweeper.params
     assert job_count(params, []) == 5 * 3 * 1
     assert job_count(params, ["seed=1,2", "data=shapeset"]) == 5 * 3 * 2
     assert job_count(params, ["optim.lr=0.1", "+table1_row=tanh"]) == 1
-    cpu = _compose("experiment=glorot_table1", "budget=cpu")
+    cpu = compose_config("experiment=glorot_table1", "budget=cpu", hydra=True)
     assert updates_per_job(cpu) == cpu.trainer.max_steps + len(cpu.pilots.lrs) * cpu.pilots.steps
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_the_estimate_prints_before_the_first_job(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "-m", "experiment=glorot_table1",
-         "data=shapeset", "budget=paper", "+table1_row=tanh", "optim.lr=0.1",
-         f"hydra.sweep.dir={tmp_path}", "seed=-1"],
-        capture_output=True, text=True, timeout=300)
+    proc = run_script("train.py", "-m", "experiment=glorot_table1", "data=shapeset",
+                      "budget=paper", "+table1_row=tanh", "optim.lr=0.1",
+                      f"hydra.sweep.dir={tmp_path}", "seed=-1", timeout=300)
     out = proc.stdout
     assert "budget=paper, data=shapeset: 1 job(s) x " in out
     assert "2-core CPU" in out and "one GPU" in out
@@ -274,21 +264,20 @@ def test_the_papers_sweep_keeps_each_rows_rate_with_the_best_validation(tmp_path
 @pytest.fixture(scope="module")
 def shapeset_sweep(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("table1") / "sweep"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "-m", "experiment=glorot_table1",
-         "data=shapeset", "budget=cpu", "seed=1,2", f"hydra.sweep.dir={sweep}",
-         "model.depth=2", "model.width=16", "trainer.max_steps=20",
-         "trainer.val_check_interval=10", "pilots.steps=5", "pilots.lrs=[0.03,0.1]",
-         "callbacks.probe.every_n_steps=5", "callbacks.probe.jacobian_samples=0",
-         "callbacks.probe.histogram_every_n_steps=null", "data.val_size=200",
-         "data.test_size=200", "data.eval_batch_size=100", "checkpoint=null",
-         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"],
-        capture_output=True, text=True, timeout=900,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    proc = run_script(
+        "train.py", "-m", "experiment=glorot_table1", "data=shapeset", "budget=cpu", "seed=1,2",
+        f"hydra.sweep.dir={sweep}", "model.depth=2", "model.width=16", "trainer.max_steps=20",
+        "trainer.val_check_interval=10", "pilots.steps=5", "pilots.lrs=[0.03,0.1]",
+        "callbacks.probe.every_n_steps=5", "callbacks.probe.jacobian_samples=0",
+        "callbacks.probe.histogram_every_n_steps=null", "data.val_size=200",
+        "data.test_size=200", "data.eval_batch_size=100", "checkpoint=null",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+        env={"OMP_NUM_THREADS": "1"}, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep
 
 
+@pytest.mark.slow  # reads the sweep: 10 runs through scripts/train.py
 def test_report_quotes_the_shapeset_column_beside_its_own(shapeset_sweep):
     runs = collect_runs(shapeset_sweep)
     assert len(runs) == 10 and all(r.data == "shapeset" for r in runs)
@@ -311,6 +300,7 @@ def test_report_quotes_the_shapeset_column_beside_its_own(shapeset_sweep):
     assert "Model: 2 x 16 hidden units; the paper's is 5 x 1000." in table
 
 
+@pytest.mark.slow  # reads the sweep
 def test_report_draws_the_training_time_figures_from_the_runs(shapeset_sweep):
     from initlab.report.table1 import table1_cells
     from initlab.report.training_figures import activation_figure, error_curve_figure

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import math
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from lightning.pytorch.accelerators import CPUAccelerator
+from torch import nn
 
+from initlab.models import MLP
 from initlab.train import build, run
-from tests.helpers import CONF, ROOT
+from tests.helpers import CONF, fit, run_script, tiny_overrides
 
 INITS = sorted(p.stem for p in (CONF / "init").glob("*.yaml"))
 OPTIMS = sorted(p.stem for p in (CONF / "optim").glob("*.yaml"))
 
 
 def fit_metrics(cfg) -> dict[str, float]:
-    datamodule, module, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule)
+    _, _, trainer = fit(cfg)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
@@ -29,22 +29,36 @@ def test_every_group_has_the_documented_options():
     assert set(OPTIMS) >= {"sgd", "momentum", "adagrad", "rmsprop", "adam"}
 
 
-@pytest.mark.parametrize("init", INITS)
-@pytest.mark.parametrize("optim", OPTIMS)
-def test_every_init_and_optim_trains(make_cfg, init, optim):
-    metrics = fit_metrics(make_cfg(f"init={init}", f"optim={optim}"))
-    assert "train/loss" in metrics and "val/acc" in metrics
+def _layers(module, kind) -> list:
+    return [layer for layer in module.model.modules() if isinstance(layer, kind)]
+
+
+# Each option's own code path, trained, and what of it must be in effect afterwards. Init
+# options act at build time (tests/test_init.py); every optimizer and scheduler trains in
+# tests/test_optim_in_effect.py; channels_last in tests/test_memory_format.py.
+OPTIONS = {
+    "model=mlp": lambda module, trainer: isinstance(module.model, MLP),
+    **{f"model.activation={name}": lambda module, trainer, name=name:
+       module.model.activation == name for name in ("tanh", "sigmoid", "softsign", "leaky_relu",
+                                                     "elu")},
+    "model.dropout=0.5": lambda module, trainer: [d.p for d in _layers(module, nn.Dropout)] == [0.5],
+    "model.batchnorm=true": lambda module, trainer: len(_layers(module, nn.BatchNorm2d)) == 2,
+    "trainer=cpu": lambda module, trainer: isinstance(trainer.accelerator, CPUAccelerator),
+    "trainer.precision=bf16-mixed": lambda module, trainer: trainer.precision == "bf16-mixed",
+    "compile=true": lambda module, trainer: module.net is not module.model.__call__,
+}
 
 
 @pytest.mark.parametrize("override", [
-    "model=mlp", "model.activation=tanh", "model.activation=sigmoid", "model.activation=softsign",
-    "model.activation=leaky_relu", "model.activation=elu", "model.dropout=0.5",
-    "model.batchnorm=true", "scheduler=none", "scheduler=cosine", "trainer=cpu",
-    "init=xavier init.gain=auto", "init=xavier init.mode=fan_in", "channels_last=true", "compile=true",
-    "trainer.precision=bf16-mixed",
-])
+    pytest.param(option, marks=pytest.mark.slow) if option == "compile=true" else option
+    for option in OPTIONS])  # compiling takes seconds
 def test_other_options_train(make_cfg, override):
-    assert "val/acc" in fit_metrics(make_cfg(*override.split()))
+    """3 steps with a finite loss, a validation, and the option in effect."""
+    _, module, trainer = fit(make_cfg(override))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert trainer.global_step == 3 and math.isfinite(metrics["train/loss"])
+    assert 0 <= metrics["val/acc"] <= 1
+    assert OPTIONS[override](module, trainer), override
 
 
 def test_l1_l2_are_added_and_logged(make_cfg):
@@ -91,32 +105,29 @@ def test_unknown_key_is_refused(make_cfg):
 def test_run_returns_test_accuracy_and_writes_outputs(make_cfg, tmp_path):
     cfg = make_cfg("trainer.max_epochs=3", outputs=True)
     accuracy = run(cfg)
-    assert 0.0 <= accuracy <= 1.0
     out = tmp_path / "run"
+    assert accuracy == json.loads((out / "result.json").read_text())["metrics"]["test/acc"]
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert len(list((out / "checkpoints").glob("best-*.ckpt"))) == 1
     assert list(out.glob("events.out.tfevents.*"))
 
 
-def _run_script(*args: str, cwd=ROOT, env_extra=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_help_lists_groups_and_options():
-    out = _run_script("--help").stdout
+    out = run_script("train.py", "--help").stdout
     for group, option in [("init", "xavier_normal"), ("optim", "rmsprop"), ("model", "mlp"),
                           ("scheduler", "onecycle"), ("trainer", "gpu"), ("logger", "none"),
                           ("data", "mnist"), ("callbacks", "none")]:
         assert f"{group}:" in out and option in out, (group, option)
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_train_script_end_to_end(tiny_data, tmp_path):
     out = tmp_path / "script_run"
-    proc = _run_script(f"hydra.run.dir={out}", f"data.data_dir={tiny_data}", "data.verify=false",
-                       "data.sources=[local]", "trainer.max_steps=10", "trainer.accelerator=cpu",
-                       "model.channels=[4,8]", "model.hidden=16", "init=xavier", "optim=adam")
+    # the defaults (monitors, progress bar, corrupted test sets) but for the data and the size
+    proc = run_script("train.py", f"hydra.run.dir={out}", f"data.data_dir={tiny_data}",
+                      "data.verify=false", "data.sources=[local]", "trainer.max_steps=10",
+                      "trainer.accelerator=cpu", "model.channels=[4,8]", "model.hidden=16",
+                      "init=xavier", "optim=adam")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test accuracy: " in proc.stdout
     assert f"tensorboard --logdir {out}" in proc.stdout
@@ -128,23 +139,26 @@ def test_train_script_end_to_end(tiny_data, tmp_path):
     assert 0 < t["startup"] < t["first_step"] < t["total"]
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_train_script_bad_value_exits_nonzero_with_message(tiny_data, tmp_path):
-    proc = _run_script(f"hydra.run.dir={tmp_path}", f"data.data_dir={tiny_data}",
-                       "data.sources=[local]", "optim.lr=-1")
+    proc = run_script("train.py", f"hydra.run.dir={tmp_path}", f"data.data_dir={tiny_data}",
+                      "data.sources=[local]", "optim.lr=-1")
     assert proc.returncode != 0
     assert "optim.lr=-1 is invalid" in proc.stderr
 
 
+def _short_script_run(tiny_data, out, *overrides):
+    """The tiny run through scripts/train.py: 6 batches of 16 an epoch, the progress bar on."""
+    return run_script("train.py", f"hydra.run.dir={out}", *tiny_overrides((), tiny_data),
+                      "data.batch_size=16", "trainer.enable_progress_bar=true", "robustness=null",
+                      *overrides)
+
+
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 def test_progress_in_a_log_file_is_plain_lines(tiny_data, tmp_path):
     """stdout not a terminal: a line per refresh, no carriage-return redraws."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={tmp_path / 'run'}",
-         f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
-         "data.train_samples=96", "data.batch_size=16", "model.channels=[4,8]", "model.hidden=16",
-         "trainer.accelerator=cpu", "trainer.max_epochs=2", "progress_bar.refresh_rate=2",
-         "trainer.log_every_n_steps=2",
-         "callbacks=none", "robustness=null"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = _short_script_run(tiny_data, tmp_path / "run", "trainer.max_epochs=2",
+                             "progress_bar.refresh_rate=2", "trainer.log_every_n_steps=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "\r" not in proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
@@ -155,15 +169,7 @@ def test_progress_in_a_log_file_is_plain_lines(tiny_data, tmp_path):
     assert proc.stdout.count("validation at step ") == 2
 
 
-def _short_script_run(tiny_data, out, *overrides):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), f"hydra.run.dir={out}",
-         f"data.data_dir={tiny_data}", "data.verify=false", "data.sources=[local]",
-         "data.train_samples=96", "data.batch_size=16", "model.channels=[4,8]", "model.hidden=16",
-         "trainer.accelerator=cpu", "callbacks=none", "robustness=null", *overrides],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 @pytest.mark.parametrize(("max_steps", "every"), [(8, 2), (9, 3)])
 def test_progress_total_is_the_epochs_batches_with_max_steps(tiny_data, tmp_path, max_steps,
                                                              every):
@@ -178,6 +184,7 @@ def test_progress_total_is_the_epochs_batches_with_max_steps(tiny_data, tmp_path
     assert lines == expected
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds of imports
 @pytest.mark.parametrize(("max_steps", "every"), [(6, 2), (9, 3)])
 def test_the_console_says_each_event_once(tiny_data, tmp_path, max_steps, every):
     """A short run's console: the devices, a progress line per refresh, a line per
