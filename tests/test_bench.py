@@ -27,6 +27,7 @@ from tests.helpers import ROOT
 QUICK = Settings(quick=True, rounds=1)  # what scripts/bench.py --quick runs with
 
 
+@pytest.mark.slow  # whole processes or every case: CI runs it
 def test_bench_quick_runs_every_case(tmp_path):
     """Every in-process case and startup (whole processes: the next tests)."""
     out = tmp_path / "bench.json"
@@ -56,6 +57,7 @@ def test_bench_quick_runs_every_case(tmp_path):
     assert saved["machine"]["device"] == "cpu" and saved["machine"]["torch"] == torch.__version__
 
 
+@pytest.mark.slow  # whole processes or every case: CI runs it
 def test_bench_quick_monitors_on_the_default_command(tmp_path):
     """The default command with and without its monitors as whole processes: both ran, and
     the monitored one's result.json timed its probes."""
@@ -66,6 +68,7 @@ def test_bench_quick_monitors_on_the_default_command(tmp_path):
     assert result["probe_s"] > 0
 
 
+@pytest.mark.slow  # whole processes or every case: CI runs it
 def test_bench_quick_whole_processes(tmp_path, capsys):
     """The whole-process case on tiny synthetic data: both commands and the plain reference ran
     as processes, and it reports the ratios, each run's breakdown and the startup figure."""
@@ -108,6 +111,7 @@ def test_bench_quick_whole_processes(tmp_path, capsys):
     assert "first_step_vs_floor" in printed
 
 
+@pytest.mark.slow  # whole processes or every case: CI runs it
 def test_plain_reference_trains_the_same_in_its_fastest_and_initlab_settings(tiny_data,
                                                                              tmp_path):
     """Where the inputs are standardised and the memory format change speed, not what is
@@ -137,6 +141,7 @@ def test_plain_reference_refuses_a_recipe_it_does_not_reproduce():
     assert "--lr" in plain_args(compose_cfg("experiment=speedrun"), ROOT / "data")
 
 
+@pytest.mark.slow  # a whole process
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
 def test_bench_on_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     """The command line refuses before any case runs."""
