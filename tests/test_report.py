@@ -287,3 +287,19 @@ def test_histogram_tick_labels_do_not_overlap(tmp_path, scale):
         boxes = [t.get_window_extent(renderer) for t in labels]
         assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), \
             [t.get_text() for t in labels]
+
+
+def test_at_init_columns_name_the_data_set_when_a_sweep_has_two(tmp_path):
+    """Table 1 sweeps hold both columns: each at-init column says whose data it is, so the two
+    'tanh / xavier' columns are told apart; one data set keeps the short label."""
+    from initlab.report.write import _at_init_markdown
+
+    stats = {"layers": {"fc1": {"activation_std": 0.5}}}
+    runs = [Run(tmp_path / data, {"model": {"activation": "tanh"}, "init": {"scheme": "xavier"},
+                                  "data": {"_target_": target}}, [], None, stats, label=data)
+            for data, target in (("mnist", "initlab.data.MNISTDataModule"),
+                                 ("shapeset", "initlab.data.ShapesetDataModule"))]
+    header = next(x for x in _at_init_markdown(runs) if x.startswith("| layer |"))
+    assert header == "| layer | tanh / xavier (MNIST) | tanh / xavier (Shapeset) |"
+    header = next(x for x in _at_init_markdown(runs[:1]) if x.startswith("| layer |"))
+    assert header == "| layer | tanh / xavier |"

@@ -259,6 +259,22 @@ def test_the_papers_sweep_keeps_each_rows_rate_with_the_best_validation(tmp_path
     assert "at the paper's budget (5,000,000 updates)" in text
 
 
+def test_a_cell_of_one_seed_shows_its_error_without_a_spread(tmp_path):
+    """One seed has no spread: the cell shows its error and n, never a '± 0.00'."""
+    from initlab.report.table1 import table1_section
+
+    config = {"model": {"_target_": "initlab.models.MLP", "depth": 5, "width": 1000,
+                        "activation": "softsign"}, "init": {"scheme": "standard"},
+              "data": {"_target_": "initlab.data.MNISTDataModule"}, "optim": {"lr": 0.03},
+              "seed": 1, "budget": "cpu"}
+    test_acc = 0.9615
+    result = {"status": "ok", "steps": 20_000, "metrics": {"val/acc": 0.96, "test/acc": test_acc}}
+    run = Run(tmp_path, config, [], result, None)
+    line = next(x for x in table1_section([run]) if x.startswith("| Softsign |"))
+    assert f"| {100 * (1 - test_acc):.2f} (1) | {PAPER_TABLE1['mnist']['Softsign']:.2f} |" in line
+    assert "±" not in line
+
+
 # ---- a tiny real Shapeset sweep through the report ----
 
 @pytest.fixture(scope="module")

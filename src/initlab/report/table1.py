@@ -201,8 +201,9 @@ def table1_section(runs: list[Run]) -> list[str]:
     names = list(TABLE1_ROWS.values())
     columns = list(PAPER_TABLE1)
     lines = ["## Table 1 (Glorot & Bengio 2010): test error %", "",
-             "Measured: mean ± std over seeds (n). The paper: one number a cell, after its "
-             "learning rate was chosen on validation at 5 million updates.", "",
+             "Measured: mean ± std over seeds (n; one seed: its error alone). The paper: one "
+             "number a cell, after its learning rate was chosen on validation at 5 million "
+             "updates.", "",
              "| row | " + " | ".join(f"{DATA_TITLES[d]} measured | {DATA_TITLES[d]} paper"
                                     for d in columns) + " |",
              "|---" * (1 + 2 * len(columns)) + "|"]
@@ -215,7 +216,8 @@ def table1_section(runs: list[Run]) -> list[str]:
             elif not cell.n:
                 measured = "no finished run"
             else:
-                measured = f"{cell.mean:.2f} ± {cell.std:.2f} ({cell.n})"
+                measured = (f"{cell.mean:.2f} ({cell.n})" if cell.n == 1  # no spread to show
+                            else f"{cell.mean:.2f} ± {cell.std:.2f} ({cell.n})")
             cols += [measured, f"{PAPER_TABLE1[data][name]:.2f}"]
         lines.append(f"| {name} | " + " | ".join(cols) + " |")
     lines += ["", "| row | data | budget | model | updates | learning rate | how the rate was "

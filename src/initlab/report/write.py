@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from initlab.monitors.stats import HISTOGRAM_BINS  # noqa: E402
-from initlab.report.collect import Run  # noqa: E402
+from initlab.report.collect import DATA_TITLES, Run  # noqa: E402
 from initlab.report.figures import save_figure  # noqa: E402
 from initlab.report.lessons import lesson_section  # noqa: E402
 from initlab.report.table1 import table1_section  # noqa: E402
@@ -99,7 +99,8 @@ def _table1_markdown(rows: list[dict]) -> list[str]:
     lines = ["| configuration | test error % (mean ± std) | n | status | paper (Table 1, same data) |",
              "|---|---|---|---|---|"]
     for row in rows:
-        err = "-" if row["mean"] is None else f"{row['mean']:.2f} ± {row['std']:.2f}"
+        err = ("-" if row["mean"] is None else f"{row['mean']:.2f}" if row["n"] == 1
+               else f"{row['mean']:.2f} ± {row['std']:.2f}")  # one seed: no spread to show
         status = ", ".join(f"{k}: {v}" for k, v in sorted(row["counts"].items()))
         why = sorted({status_reason(r) for r in row["runs"]})  # seeds that agree: said once
         paper = f"{row['paper'][0]}: {row['paper'][1]:.2f}" if row["paper"] else "-"
@@ -117,7 +118,14 @@ def _at_init_markdown(runs: list[Run]) -> list[str]:
     if not firsts:
         return ["No run wrote init_stats.json (enable the monitors: callbacks=default or glorot)."]
     # standard next to normalized: order by activation, then init scheme
-    ordered = sorted(firsts.values(), key=lambda r: (r.activation, r.init != "standard", r.init))
+    ordered = sorted(firsts.values(),
+                     key=lambda r: (r.data, r.activation, r.init != "standard", r.init))
+    several_data = len({r.data for r in ordered}) > 1
+
+    def column(run: Run) -> str:
+        name = f"{run.activation} / {run.init}"
+        return f"{name} ({DATA_TITLES.get(run.data, run.data)})" if several_data else name
+
     lines = []
     for key, title in AT_INIT_KEYS:
         layers = []
@@ -126,7 +134,7 @@ def _at_init_markdown(runs: list[Run]) -> list[str]:
                 if key in run.init_stats["layers"][name] and name not in layers:
                     layers.append(name)
         lines += [f"**{title} at initialization**", "",
-                  "| layer | " + " | ".join(f"{r.activation} / {r.init}" for r in ordered) + " |",
+                  "| layer | " + " | ".join(column(r) for r in ordered) + " |",
                   "|---" * (len(ordered) + 1) + "|"]
         for name in layers:
             cells = [_cell(r.init_stats["layers"].get(name, {}), key) for r in ordered]
