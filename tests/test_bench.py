@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 
 from initlab.bench import Settings, pairing, run
-from initlab.bench.baselines import RawSteps
+from initlab.bench.baselines import RawSteps, build_minimal
 from initlab.bench.cases import CASES, speedrun
 from initlab.bench.cases.whole import BREAKDOWN, plain_args
 from initlab.bench.common import compose_cfg, synthetic_mnist, training_overrides
@@ -184,6 +184,24 @@ def _recording(raw_steps, instances: list):
         instances[-1].initial_weights = copy.deepcopy(instances[-1].model.state_dict())
         return instances[-1]
     return make
+
+
+@pytest.mark.parametrize("channels_last", ["auto", "true", "false"])
+def test_the_minimal_module_trains_in_initlabs_memory_format(tmp_path, channels_last):
+    """Lightning alone is measured on the steps initlab takes: the minimal module's CNN is in
+    the memory format initlab's build puts it in (channels-last on the CPU under auto)."""
+    from initlab.train import build
+
+    data_dir = synthetic_mnist(tmp_path / "data", 300, 100)
+    cfg = compose_cfg(*training_overrides(data_dir, 5, tmp_path / "out", quick=True),
+                      f"channels_last={channels_last}")
+    _, module, _ = build(cfg)
+    minimal, _ = build_minimal(cfg, [])
+    # conv2: conv1's single input channel is contiguous in either format
+    formats = [m.model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in (module, minimal)]
+    assert formats == [module.channels_last] * 2
+    assert module.channels_last == (channels_last != "false")  # the CPU: auto is channels-last
 
 
 @pytest.mark.parametrize(("callbacks", "minimal", "barebones"),
