@@ -5,7 +5,6 @@ each validated at its end; the rate with the best validation accuracy trains the
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import logging
 import math
@@ -16,6 +15,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import DictConfig
 
 from initlab.module import Classifier
+from initlab.tune import module_copy, set_lr, trainer_settings, with_lr
 from initlab.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,7 @@ def run_pilots(cfg: DictConfig, module: Classifier, datamodule) -> dict:
                   "chosen": best_lr(lrs, val_acc)}
         atomic_write(path, json.dumps(record, indent=2, allow_nan=False).encode())
     chosen = record["chosen"]
-    factory = module.optimizer_factory
-    module.optimizer_factory = functools.partial(factory.func, *factory.args,
-                                                 **{**factory.keywords, "lr": chosen})
-    cfg.optim.lr = chosen
+    set_lr(cfg, module, chosen)
     log.info("learning rate chosen by the pilots: %g", chosen)
     return record
 
@@ -82,17 +79,10 @@ def _pilot(cfg: DictConfig, module: Classifier, datamodule, lr: float, steps: in
            ) -> tuple[float | None, float | None]:
     """(val/acc, val/loss) of a copy of ``module`` trained ``steps`` steps at ``lr``; None
     where not finite."""
-    factory = module.optimizer_factory
     with isolate_rng():
-        pilot = Classifier(copy.deepcopy(module.model),
-                           functools.partial(factory.func, *factory.args,
-                                             **{**factory.keywords, "lr": lr}),
-                           module.scheduler_factory, module.l1, module.l2,
-                           num_classes=module.val_acc.num_classes, compile=False,
-                           seed=module.seed)
-        trainer_args = {k: cfg.trainer[k] for k in
-                        ("accelerator", "devices", "precision", "deterministic")
-                        if cfg.trainer.get(k) is not None}
+        pilot = module_copy(module, with_lr(module.optimizer_factory, lr))
+        trainer_args = trainer_settings(cfg, ("accelerator", "devices", "precision",
+                                              "deterministic"))
         bare = dict(logger=False, callbacks=[], enable_checkpointing=False,
                     enable_progress_bar=False, enable_model_summary=False,
                     default_root_dir=str(cfg.output_dir))

@@ -19,6 +19,31 @@ from initlab.utils import atomic_write
 log = logging.getLogger(__name__)
 
 
+def with_lr(factory: functools.partial, lr: float) -> functools.partial:
+    """The optimizer partial ``factory`` with its learning rate replaced by ``lr``."""
+    return functools.partial(factory.func, *factory.args, **{**factory.keywords, "lr": lr})
+
+
+def module_copy(module: Classifier, optimizer: functools.partial | None = None) -> Classifier:
+    """A Classifier on a deep copy of ``module``'s model, with its settings (and ``optimizer``
+    in place of its own when given), eager: what a search trains without touching the run."""
+    return Classifier(copy.deepcopy(module.model), optimizer or module.optimizer_factory,
+                      module.scheduler_factory, module.l1, module.l2,
+                      num_classes=module.val_acc.num_classes, compile=False, seed=module.seed)
+
+
+def set_lr(cfg: DictConfig, module: Classifier, lr: float) -> None:
+    """Train the run at ``lr``: the module's optimizer, and ``cfg.optim.lr`` for the HParams."""
+    module.optimizer_factory = with_lr(module.optimizer_factory, lr)
+    cfg.optim.lr = lr
+
+
+def trainer_settings(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
+    """The run's ``cfg.trainer`` values of ``keys`` that are set: a search's trainer runs where
+    and how the run would."""
+    return {k: cfg.trainer[k] for k in keys if cfg.trainer.get(k) is not None}
+
+
 def find_lr(cfg: DictConfig, module: Classifier, datamodule) -> float | None:
     """Lightning's learning-rate range test (``cfg.tune``) on a bare Trainer, a copy of the
     module (its model deep-copied) and a copy of the data module, with the random state
@@ -34,13 +59,9 @@ def find_lr(cfg: DictConfig, module: Classifier, datamodule) -> float | None:
     num_training = tune.get("num_training", 100)
     datamodule.setup("fit")  # loaded once, here; the copy shares nothing with the real run
     with isolate_rng():
-        copy_module = Classifier(copy.deepcopy(module.model), module.optimizer_factory,
-                                 module.scheduler_factory, module.l1, module.l2,
-                                 num_classes=module.val_acc.num_classes,
-                                 compile=False, seed=module.seed)
-        trainer_args = {k: cfg.trainer[k] for k in
-                        ("accelerator", "devices", "precision", "strategy", "num_nodes",
-                         "deterministic") if cfg.trainer.get(k) is not None}
+        copy_module = module_copy(module)
+        trainer_args = trainer_settings(cfg, ("accelerator", "devices", "precision", "strategy",
+                                              "num_nodes", "deterministic"))
         # max_steps: the search may need more steps than one epoch or the run's max_epochs
         tuner_trainer = L.Trainer(**trainer_args, max_epochs=None, max_steps=num_training,
                                   logger=False, callbacks=[], enable_checkpointing=False,
@@ -58,10 +79,7 @@ def find_lr(cfg: DictConfig, module: Classifier, datamodule) -> float | None:
         log.warning("tune.apply=true but lr_find made no suggestion: training with optim.lr=%s",
                     cfg.optim.lr)
     if applied:
-        factory = module.optimizer_factory
-        module.optimizer_factory = functools.partial(
-            factory.func, *factory.args, **{**factory.keywords, "lr": float(suggestion)})
-        cfg.optim.lr = float(suggestion)
+        set_lr(cfg, module, float(suggestion))
     if tuner_trainer.is_global_zero:
         record = {"lr": lrs, "loss": [v if math.isfinite(v) else None for v in losses],
                   "suggestion": float(suggestion) if suggestion is not None else None,

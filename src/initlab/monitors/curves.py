@@ -6,7 +6,7 @@ import lightning as L
 import torch
 
 from initlab.monitors.callbacks import log_scalars
-from initlab.monitors.evaluation import examples_on_device
+from initlab.monitors.evaluation import correct_count, examples_on_device
 
 
 class TestErrorCurve(L.Callback):
@@ -37,9 +37,7 @@ class TestErrorCurve(L.Callback):
         """Percent of the test examples ``model`` (in its current mode) gets wrong, on the
         device."""
         x, y = self._test
-        wrong = sum((model(x[i: i + self.chunk_size]).argmax(1) != y[i: i + self.chunk_size])
-                    .sum() for i in range(0, len(y), self.chunk_size))
-        return 100.0 * wrong / len(y)
+        return 100.0 * (len(y) - correct_count(model, x, y, self.chunk_size)) / len(y)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self._test is None or trainer.sanity_checking:

@@ -18,12 +18,15 @@ from initlab.monitors.stats import _BATCHNORM
 from initlab.utils import atomic_write, weight_layers
 
 
+def correct_count(model, x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
+    """How many of ``x`` the model classifies right, ``chunk`` examples a forward, on the
+    device (no host sync)."""
+    return sum((model(x[start: start + chunk]).argmax(1) == y[start: start + chunk]).sum()
+               for start in range(0, len(y), chunk))
+
+
 def _accuracy(model, x: torch.Tensor, y: torch.Tensor, chunk: int) -> float:
-    correct = 0
-    for start in range(0, len(y), chunk):
-        logits = model(x[start: start + chunk])
-        correct += int((logits.argmax(1) == y[start: start + chunk]).sum())
-    return correct / len(y)
+    return int(correct_count(model, x, y, chunk)) / len(y)
 
 
 class TrainSubsetAccuracy(L.Callback):

@@ -20,6 +20,11 @@ BETTER_ROWS = ("Tanh N", "Softsign", "Softsign N")
 WORSE_ROWS = ("Tanh", "Sigmoid")
 
 
+
+def mean_std_text(mean: float, std: float, n: int) -> str:
+    """``mean ± std`` over ``n`` seeds; one seed has no spread to show: its value alone."""
+    return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f}"
+
 @dataclass
 class Cell:
     """One measured cell of Table 1: a row on a data set, over its seeds."""
@@ -216,8 +221,7 @@ def table1_section(runs: list[Run]) -> list[str]:
             elif not cell.n:
                 measured = "no finished run"
             else:
-                measured = (f"{cell.mean:.2f} ({cell.n})" if cell.n == 1  # no spread to show
-                            else f"{cell.mean:.2f} ± {cell.std:.2f} ({cell.n})")
+                measured = f"{mean_std_text(cell.mean, cell.std, cell.n)} ({cell.n})"
             cols += [measured, f"{PAPER_TABLE1[data][name]:.2f}"]
         lines.append(f"| {name} | " + " | ".join(cols) + " |")
     lines += ["", "| row | data | budget | model | updates | learning rate | how the rate was "

@@ -18,7 +18,7 @@ from initlab.monitors.stats import HISTOGRAM_BINS  # noqa: E402
 from initlab.report.collect import DATA_TITLES, Run  # noqa: E402
 from initlab.report.figures import save_figure  # noqa: E402
 from initlab.report.lessons import lesson_section  # noqa: E402
-from initlab.report.table1 import table1_section  # noqa: E402
+from initlab.report.table1 import mean_std_text, table1_section  # noqa: E402
 from initlab.report.training_figures import training_figures  # noqa: E402
 from initlab.utils import atomic_write  # noqa: E402
 
@@ -99,8 +99,7 @@ def _table1_markdown(rows: list[dict]) -> list[str]:
     lines = ["| configuration | test error % (mean ± std) | n | status | paper (Table 1, same data) |",
              "|---|---|---|---|---|"]
     for row in rows:
-        err = ("-" if row["mean"] is None else f"{row['mean']:.2f}" if row["n"] == 1
-               else f"{row['mean']:.2f} ± {row['std']:.2f}")  # one seed: no spread to show
+        err = "-" if row["mean"] is None else mean_std_text(row["mean"], row["std"], row["n"])
         status = ", ".join(f"{k}: {v}" for k, v in sorted(row["counts"].items()))
         why = sorted({status_reason(r) for r in row["runs"]})  # seeds that agree: said once
         paper = f"{row['paper'][0]}: {row['paper'][1]:.2f}" if row["paper"] else "-"
