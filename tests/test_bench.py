@@ -5,7 +5,9 @@ order, and the pairing statistics match their definitions."""
 from __future__ import annotations
 
 import copy
+import gc
 import json
+import os
 import subprocess
 import sys
 
@@ -22,6 +24,7 @@ from initlab.bench.common import compose_cfg, synthetic_mnist, training_override
 from initlab.bench.timing import median_and_spread, summarize
 from initlab.data import MNISTDataModule
 from initlab.data.mnist import to_unit
+from initlab.module import NVML_CUDA_CHECK
 from tests.helpers import ROOT
 
 QUICK = Settings(quick=True, rounds=1)  # what scripts/bench.py --quick runs with
@@ -174,6 +177,34 @@ def test_paired_fit_times_every_step_once(tmp_path, monkeypatch, every, minimal)
     assert all(t > 0 for t in fit["fit_s"] + fit["raw_s"]) and fit["outside_s"] > 0
     assert pairing.paired_ratio([fit]) == pytest.approx(
         (sum(fit["fit_s"]) + fit["outside_s"]) / sum(fit["raw_s"]))
+
+
+@pytest.mark.parametrize("minimal", [False, True])
+def test_the_raw_loop_runs_as_plain_torch_whatever_fit_it_is_paired_with(tmp_path, monkeypatch,
+                                                                          minimal):
+    """The baseline does not change with the variant: each raw segment runs without Lightning's
+    NVML-based CUDA check (as a script importing torch alone does; initlab's fits unset it,
+    a minimal module's keep it) and with the collector's long-lived objects frozen, as
+    initlab.train.run fits; after the fit both are as they were."""
+    monkeypatch.setenv(NVML_CUDA_CHECK, "1")  # as Lightning's import sets it
+    data_dir = synthetic_mnist(tmp_path / "data", 3000, 100)
+    cfg = compose_cfg(*training_overrides(data_dir, 20, tmp_path / "out", quick=True),
+                      "callbacks=none")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    images, labels = datamodule.splits["train"]
+    seen = []
+
+    class Recording(RawSteps):
+        def _train(self, steps):
+            seen.append((os.environ.get(NVML_CUDA_CHECK), gc.get_freeze_count() > 0))
+            return super()._train(steps)
+
+    monkeypatch.setattr(pairing, "RawSteps", Recording)
+    frozen_before = gc.get_freeze_count()
+    fit = pairing.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal)
+    assert fit["steps"] == [7, 7, 6] and seen == [(None, True)] * 3
+    assert os.environ[NVML_CUDA_CHECK] == "1" and gc.get_freeze_count() == frozen_before
 
 
 def _recording(raw_steps, instances: list):

@@ -3,6 +3,8 @@ LightningModule does (to tell what Lightning adds from what initlab adds)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 
@@ -14,14 +16,30 @@ from hydra.utils import instantiate
 from initlab.bench.timing import sync
 from initlab.data.mnist import MEAN, STD
 from initlab.data.splits import example_order
+from initlab.module import NVML_CUDA_CHECK
 from initlab.train import channels_last_in_effect
+
+
+@contextlib.contextmanager
+def as_plain_torch():
+    """The environment a script that imports torch alone runs in: Lightning's import sets
+    ``PYTORCH_NVML_BASED_CUDA_CHECK``, and with it each Adam step tries to load NVML where CUDA
+    is absent (0.09 ms a step of the default CNN on the 2-core CPU, ~1% of it). A raw loop
+    paired with a fit ran in whatever the fit left set (initlab's fits unset it, a minimal
+    LightningModule's keep it), so the baseline itself changed with the variant."""
+    saved = os.environ.pop(NVML_CUDA_CHECK, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[NVML_CUDA_CHECK] = saved
 
 
 class RawSteps:
     """The hand-written baseline, resumable: slice, scale, forward, backward, step (and the LR
     schedule's step, if given). Each call trains the next ``steps`` batches, in the data
-    module's order for the run ``seed`` (:func:`~initlab.data.splits.example_order`). Returns
-    the seconds it took."""
+    module's order for the run ``seed`` (:func:`~initlab.data.splits.example_order`), in a
+    plain torch process's environment (:func:`as_plain_torch`). Returns the seconds it took."""
 
     def __init__(self, model: torch.nn.Module, optimizer, images, labels, batch_size: int,
                  seed: int, scheduler=None):
@@ -41,6 +59,10 @@ class RawSteps:
         return self._batches[step % self.per_epoch]
 
     def __call__(self, steps: int) -> float:
+        with as_plain_torch():
+            return self._train(steps)
+
+    def _train(self, steps: int) -> float:
         self.model.train()
         sync(self.images.device)
         start = time.perf_counter()

@@ -16,6 +16,7 @@ from initlab.bench.baselines import RawSteps, build_minimal
 from initlab.bench.timing import sync
 from initlab.module import build_scheduler
 from initlab.train import build
+from initlab.utils import keep_libraries_out_of_gc, release_libraries_to_gc
 
 
 class PairedRaw(L.Callback):
@@ -67,7 +68,8 @@ def paired_fit(cfg, datamodule, images, labels, every: int, minimal: bool = Fals
     with ``barebones`` in Lightning's barebones mode) interleaved with a raw loop (see
     :class:`PairedRaw`) that trains a copy of the fit's model, from the same initial weights, on
     the same batches in the same order (``images``, ``labels``: the training split on the
-    device), with an optimizer and LR schedule of the same config: both do the same work from
+    device), with an optimizer and LR schedule of the same config, the collector's long-lived
+    objects frozen as :func:`initlab.train.run` fits: both do the same work from
     the same state (a model in its first epoch trains ~2% slower a step here than one trained
     for a few epochs, so a raw loop that kept training across fits was not a fair baseline).
     Returns the fit's segments, the raw segments paired with them, the seconds outside the
@@ -83,9 +85,15 @@ def paired_fit(cfg, datamodule, images, labels, every: int, minimal: bool = Fals
     pairing.raw = RawSteps(model, instantiate(cfg.optim)(model.parameters()), images, labels,
                            cfg.data.batch_size, cfg.seed)  # the schedule: at the fit's start
     sync(images.device)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)  # ends by moving the model to the CPU: synced
-    total_s = time.perf_counter() - start
+    # every variant under the collector regime initlab.train.run fits in: a full collection
+    # (0.3-0.6 s here) otherwise lands in a fit's or a raw segment by its allocation count
+    keep_libraries_out_of_gc()
+    try:
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)  # ends by moving the model to the CPU: synced
+        total_s = time.perf_counter() - start
+    finally:
+        release_libraries_to_gc()
     if sum(pairing.steps) != trainer.global_step:
         raise RuntimeError(f"paired {sum(pairing.steps)} of the fit's {trainer.global_step} steps")
     fitted = dict(module.model.named_parameters())

