@@ -8,6 +8,7 @@ import torch
 from initlab.data import MNISTDataModule
 from initlab.data.augment import Augment
 from initlab.data.mnist import to_unit
+from initlab.data.splits import CorruptedBatches
 from initlab.train import build
 
 
@@ -121,9 +122,9 @@ def test_corrupted_test_sets_run_inside_trainer_test(make_cfg):
     again = trainer.test(module, datamodule=datamodule, verbose=False)
     assert {k: v for metrics in again for k, v in metrics.items()} == acc
 
-    # = the accuracy on the whole test set corrupted batch by batch with the run's seed
+    # = the accuracy on the whole test set corrupted chunk by chunk with the run's seed
     x, y = datamodule.splits["test"]
-    corrupt, batch = Augment(skew_degrees=45, seed=cfg.seed), cfg.data.eval_batch_size
+    corrupt, batch = Augment(skew_degrees=45, seed=cfg.seed), CorruptedBatches.CHUNK
     model = module.model.eval()
     with torch.no_grad():
         logits = torch.cat([model(datamodule.standardize(corrupt(to_unit(x[i: i + batch]))))
@@ -131,6 +132,40 @@ def test_corrupted_test_sets_run_inside_trainer_test(make_cfg):
     expected = float((logits.argmax(1) == y).float().mean())
     assert acc["test_corrupt/skew_45/acc"] == pytest.approx(expected, abs=1e-6)
     assert expected != pytest.approx(acc["test/acc"])  # the skew changed something
+
+
+def test_the_corrupted_images_do_not_depend_on_the_evaluation_batch_or_the_ranks(tiny_data,
+                                                                                monkeypatch):
+    """The same corrupted images in evaluation batches of 7, 64 and 1000, and in two DDP
+    ranks' shards put back together; a chunk of another size draws other ones (the check can
+    fail)."""
+    def corrupted_set(batch: int, rank: int = 0, world_size: int = 1):
+        datamodule = MNISTDataModule(data_dir=str(tiny_data), eval_batch_size=batch,
+                                     sources=["local"], verify=False, seed=3,
+                                     corruptions={"noise": [0.3], "skew": [20]})
+        datamodule.setup()
+        loaders = datamodule.test_dataloader()
+        out = {}
+        for name in ("test_corrupt/noise_0.3", "test_corrupt/skew_20"):
+            loader = loaders[name]
+            loader.rank, loader.world_size = rank, world_size
+            out[name] = torch.cat([x for x, _ in loader])
+        return out
+
+    alone = corrupted_set(1000)
+    n = len(alone["test_corrupt/noise_0.3"])
+    assert n % 7 and n % 64
+    for batch in (7, 64):
+        other = corrupted_set(batch)
+        assert all(torch.equal(other[k], alone[k]) for k in alone)
+    shards = [corrupted_set(64, rank, 2) for rank in (0, 1)]
+    for name, images in alone.items():
+        together = torch.empty_like(images)
+        together[0::2], together[1::2] = shards[0][name], shards[1][name]
+        assert torch.equal(together, images)
+    monkeypatch.setattr(CorruptedBatches, "CHUNK", 50)
+    assert not torch.equal(corrupted_set(1000)["test_corrupt/skew_20"],
+                           alone["test_corrupt/skew_20"])
 
 
 def test_several_unnamed_test_loaders_are_a_clear_error(make_cfg):

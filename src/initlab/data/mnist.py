@@ -10,7 +10,7 @@ import torch
 
 from initlab.data.robustness import corruption_sets
 from initlab.data.sources import MNIST_MD5, SOURCES, DataError, ensure_mnist
-from initlab.data.splits import Batches, SplitsDataModule, to_unit
+from initlab.data.splits import Batches, SplitsDataModule, check_eval_batch_size, to_unit
 
 __all__ = ["MEAN", "STD", "Batches", "MNISTDataModule", "read_idx", "to_unit"]
 
@@ -50,7 +50,7 @@ class MNISTDataModule(SplitsDataModule):
         self,
         data_dir: str = "data",
         batch_size: int = 128,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int | str = 1000,
         train_samples: int | None = None,
         normalize: bool = True,
         sources: list[str] | None = None,  # default: every source, in SOURCES order
@@ -64,10 +64,7 @@ class MNISTDataModule(SplitsDataModule):
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size!r} is invalid: it must be an integer >= 1")
-        if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
-            raise ValueError(
-                f"data.eval_batch_size={eval_batch_size!r} is invalid: it must be an integer >= 1"
-            )
+        check_eval_batch_size(eval_batch_size)
         if train_samples is not None and (not isinstance(train_samples, int) or train_samples < 1):
             raise ValueError(
                 f"data.train_samples={train_samples!r} is invalid: it must be null (all) or an "

@@ -84,6 +84,41 @@ class Batches:
                 yield x, self.labels[idx]
 
 
+class CorruptedBatches(Batches):
+    """A corrupted copy of a test split in batches: at every pass the whole split is corrupted
+    first, in split order and chunks of ``CHUNK`` examples, its draws restarted from the seed,
+    then served in evaluation batches (standardised per batch): every run sees the same
+    corrupted images whatever its evaluation batch, number of ranks or device count (with
+    ``CHUNK`` the former evaluation batch, the images a run saw before)."""
+
+    CHUNK = 1000
+
+    def __init__(self, images, labels, batch_size: int, standardize: Callable,
+                 corrupt: Augment, rank: int = 0, world_size: int = 1):
+        super().__init__(images, labels, batch_size, standardize, rank=rank,
+                         world_size=world_size)
+        self.corrupt = corrupt
+
+    def __iter__(self):
+        self.corrupt.set_epoch(0)
+        corrupted = torch.cat([self.corrupt(to_unit(self.images[i: i + self.CHUNK]))
+                               for i in range(0, len(self.images), self.CHUNK)])
+        order = self._indices()
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start: start + self.batch_size]
+            yield self.transform(corrupted[idx]), self.labels[idx]
+
+
+def check_eval_batch_size(value) -> None:
+    """``data.eval_batch_size``: an integer >= 1, or ``auto`` (initlab.train.build sets the
+    measured fastest for the model on the device: ``eval_batch_in_effect``)."""
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"data.eval_batch_size={value!r} is invalid: it must be auto or an "
+                         "integer >= 1")
+
+
 class SplitsDataModule(L.LightningDataModule):
     """Splits ``{"train" | "val" | "test": (uint8 images (N, H, W), labels)}`` in
     ``self.splits``, filled by a subclass's ``setup``, which also sets ``augment``, ``seed``,
@@ -107,6 +142,10 @@ class SplitsDataModule(L.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _batches(self, split: str, train: bool) -> Batches:
+        if not train and self.eval_batch_size == "auto":
+            raise ValueError("data.eval_batch_size=auto is chosen for a model and device by "
+                             "initlab.train.build; a data module used without it needs an "
+                             "integer eval_batch_size")
         self.to(self._device())
         x, y = self.splits[split]
         trainer = self.trainer
@@ -167,13 +206,12 @@ class SplitsDataModule(L.LightningDataModule):
             loaders[name] = self._corrupted(corrupt)
         return loaders
 
-    def _corrupted(self, corrupt: Augment) -> Batches:
-        """The test split's batches (same shards and batch size) through ``corrupt``, on the
-        batch's device; its draws restart at every pass, so every model sees the same set."""
-        batches = self._batches("test", train=False)
-        batches.transform = lambda x: self.standardize(corrupt(x))
-        batches.on_epoch = lambda epoch: corrupt.set_epoch(0)
-        return batches
+    def _corrupted(self, corrupt: Augment) -> CorruptedBatches:
+        """The test split's batches (same shards and batch size) corrupted by ``corrupt`` on
+        the split's device, the same images for every run of the seed (CorruptedBatches)."""
+        clean = self._batches("test", train=False)
+        return CorruptedBatches(clean.images, clean.labels, clean.batch_size, self.standardize,
+                                corrupt, rank=clean.rank, world_size=clean.world_size)
 
     def teardown(self, stage: str) -> None:
         # Lightning's Strategy.teardown has just moved the model to the CPU: the data follows

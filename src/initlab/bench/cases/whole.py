@@ -16,7 +16,8 @@ from hydra.utils import instantiate
 from initlab.bench.cases.speedrun import SPEEDRUN_ACCURACY
 from initlab.bench.common import ROOT, Settings, compose_cfg
 from initlab.bench.timing import median_and_spread
-from initlab.train import channels_last_in_effect
+from initlab.data import MNISTDataModule
+from initlab.train import channels_last_in_effect, eval_batch_in_effect
 
 # whole processes: the speedrun as a user runs it, and the default command cut to one epoch
 # (monitors, the corrupted test sets, logger and checkpoints all on) to stay ~a minute; round r
@@ -35,9 +36,10 @@ PLAIN_RECIPE = {"optim._target_": "torch.optim.Adam", "optim.weight_decay": 0.0,
                 "augment": None}
 
 
-def plain_args(cfg, data_dir: Path) -> list[str]:
-    """scripts/plain_train.py's arguments for the recipe of ``cfg``; refuses a recipe it does
-    not reproduce (another optimizer, augmentation, ...) rather than time something else."""
+def plain_args(cfg, data_dir: Path, device: str = "cpu") -> list[str]:
+    """scripts/plain_train.py's arguments for the recipe of ``cfg`` on ``device`` (the
+    evaluation batch initlab takes there); refuses a recipe it does not reproduce (another
+    optimizer, augmentation, ...) rather than time something else."""
     from omegaconf import OmegaConf
 
     for key, expected in PLAIN_RECIPE.items():
@@ -48,9 +50,11 @@ def plain_args(cfg, data_dir: Path) -> list[str]:
         if value != expected:
             raise ValueError(f"plain_train.py does not reproduce {key}={value!r} "
                              f"(it does {expected!r})")
+    eval_batch = eval_batch_in_effect(cfg.data.eval_batch_size, instantiate(cfg.model),
+                                      MNISTDataModule.input_shape, torch.device(device))
     return ["--data-dir", str(data_dir), "--epochs", str(cfg.trainer.max_epochs),
             "--max-steps", str(cfg.trainer.max_steps), "--batch-size", str(cfg.data.batch_size),
-            "--eval-batch-size", str(cfg.data.eval_batch_size), "--lr", str(cfg.optim.lr),
+            "--eval-batch-size", str(eval_batch), "--lr", str(cfg.optim.lr),
             "--betas", *map(str, cfg.optim.betas), "--pct-start", str(cfg.scheduler.pct_start),
             "--seed", str(cfg.seed), "--channels", *map(str, cfg.model.channels),
             "--hidden", str(cfg.model.hidden)]
@@ -89,7 +93,7 @@ def case_whole(settings: Settings, data_dir: Path, out: Path) -> dict:
                               f"data.data_dir={data_dir}", f"trainer.accelerator={settings.device}",
                               *extra]
             plains[name] = [sys.executable, str(ROOT / "scripts" / "plain_train.py"),
-                            *plain_args(cfg, data_dir), "--device", settings.device]
+                            *plain_args(cfg, data_dir, settings.device), "--device", settings.device]
             in_effect = channels_last_in_effect(cfg.channels_last, instantiate(cfg.model),
                                                 torch.device(settings.device))
             plain_flags[name] = ["--no-normalize-once",
