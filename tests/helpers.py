@@ -164,8 +164,10 @@ def write_tiny_mnist(root: Path, n_train: int = 600, n_test: int = 200, gz: bool
     return md5
 
 
-def checkpoint_test_accuracy(ckpt: Path, data_dir: Path, **cnn) -> float:
-    """Test accuracy of a CNN checkpoint evaluated in one process on the CPU, by hand."""
+def checkpoint_test_accuracy(ckpt: Path, data_dir: Path, corrupt=None, **cnn) -> float:
+    """Test accuracy of a CNN checkpoint evaluated in one process on the CPU, by hand;
+    ``corrupt`` (an Augment): on the test set it corrupts, whole, in chunks of
+    CorruptedBatches.CHUNK from the start of its stream."""
     dm = MNISTDataModule(data_dir=str(data_dir), verify=False, sources=["local"])
     dm.setup()
     model = CNN(**cnn)
@@ -174,9 +176,15 @@ def checkpoint_test_accuracy(ckpt: Path, data_dir: Path, **cnn) -> float:
                            if k.startswith("model.")})
     model.eval()
     x, y = dm.splits["test"]
+    images = x.unsqueeze(1).float() / 255
+    if corrupt is not None:
+        from initlab.data.splits import CorruptedBatches
+
+        corrupt.set_epoch(0)
+        chunk = CorruptedBatches.CHUNK
+        images = torch.cat([corrupt(images[i: i + chunk]) for i in range(0, len(y), chunk)])
     with torch.no_grad():
-        return float((model(dm.standardize(x.unsqueeze(1).float() / 255)).argmax(1) == y)
-                     .float().mean())
+        return float((model(dm.standardize(images)).argmax(1) == y).float().mean())
 
 
 class StopAfterEpochs(L.Callback):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from initlab.data.augment import Augment
 from tests.helpers import CORRUPT_KEYS, checkpoint_test_accuracy, run_script
 
 
@@ -40,7 +41,8 @@ def test_two_process_ddp_run(tiny_data, tmp_path):
     result = json.loads((out / "result.json").read_text())
     # each rank saw half the 550 training examples: 18 steps of 16 per epoch, not 35
     assert result["steps"] == 2 * -(-275 // 16)
-    # corrupted test sets: every rank corrupts its shard, accuracies reduced over both
+    # corrupted test sets: every rank corrupts the whole split and evaluates its shard,
+    # accuracies reduced over both (checked below against one process)
     assert CORRUPT_KEYS <= set(result["metrics"])
     assert all(0 <= result["metrics"][k] <= 1 for k in CORRUPT_KEYS)
 
@@ -52,3 +54,9 @@ def test_two_process_ddp_run(tiny_data, tmp_path):
     accuracy = checkpoint_test_accuracy(out / "checkpoints" / "last.ckpt", tiny_data,
                                         channels=(4, 8), hidden=16)
     assert result["metrics"]["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+    # the corrupted images are those one process corrupts (the run's seed, 0)
+    for key, corrupt in (("test_corrupt/skew_45/acc", Augment(skew_degrees=45)),
+                         ("test_corrupt/noise_0.5/acc", Augment(noise_std=0.5))):
+        alone = checkpoint_test_accuracy(out / "checkpoints" / "last.ckpt", tiny_data,
+                                         corrupt=corrupt, channels=(4, 8), hidden=16)
+        assert result["metrics"][key] == pytest.approx(alone, abs=1e-6)

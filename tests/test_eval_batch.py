@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
 from initlab.data import MNISTDataModule
+from initlab.data.splits import to_unit
 from initlab.train import EVAL_ACTIVATION_BYTES, build, eval_batch_in_effect, largest_output_bytes, run
 from tests.helpers import compose_config
 
@@ -85,3 +88,51 @@ def test_auto_unresolved_is_a_clear_error_not_a_guess(tiny_data):
     with pytest.raises(ValueError, match="eval_batch_size=auto is chosen for a model and device"):
         datamodule.test_dataloader()
     assert datamodule.train_dataloader() is not None  # training batches do not need it
+
+
+class RecordValidation(L.Callback):
+    """At every validation epoch's end: the logged val/acc and val/loss, and what the model
+    scores on the validation examples the pass covered, recomputed on full tensors."""
+
+    def __init__(self, examples: int):
+        self.examples, self.seen = examples, []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        x, y = trainer.datamodule.splits["val"]
+        x, y = trainer.datamodule.standardize(to_unit(x[: self.examples])), y[: self.examples]
+        with torch.no_grad():
+            logits = pl_module.model(x)
+        self.seen.append((float(trainer.callback_metrics["val/acc"]),
+                          float(trainer.callback_metrics["val/loss"]),
+                          float((logits.argmax(1) == y).double().mean()),
+                          float(F.cross_entropy(logits.double(), y))))
+
+
+@pytest.mark.parametrize("batch, limit", [(7, "1.0"), (64, "1.0"), (16, "3")])
+def test_evaluation_figures_equal_a_recomputation_on_full_tensors(make_cfg, batch, limit):
+    """val/acc and val/loss at every epoch (a sanity pass first; all batches or the first 3)
+    and test/acc and test/loss: the accuracy and mean cross-entropy of the examples the pass
+    covered, recomputed in one forward of the whole set."""
+    cfg = make_cfg(f"data.eval_batch_size={batch}", f"trainer.limit_val_batches={limit}",
+                   "trainer.num_sanity_val_steps=2", "trainer.max_epochs=2", "robustness=null")
+    datamodule, module, trainer = build(cfg)
+    datamodule.setup()
+    n_val = len(datamodule.splits["val"][1])
+    examples = n_val if limit == "1.0" else int(limit) * batch
+    record = RecordValidation(examples)
+    trainer.callbacks.append(record)
+    trainer.fit(module, datamodule=datamodule)
+    assert len(record.seen) == 2 and examples < n_val + (limit == "1.0")
+    for acc, loss, expected_acc, expected_loss in record.seen:
+        assert acc == pytest.approx(expected_acc, abs=1e-6)
+        assert loss == pytest.approx(expected_loss, rel=1e-5)
+    figures = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    x, y = datamodule.splits["test"]
+    with torch.no_grad():
+        logits = module.model.eval()(datamodule.standardize(to_unit(x)))
+    assert figures["test/acc"] == pytest.approx(float((logits.argmax(1) == y).double().mean()),
+                                                abs=1e-6)
+    assert figures["test/loss"] == pytest.approx(float(F.cross_entropy(logits.double(), y)),
+                                                 rel=1e-5)

@@ -219,7 +219,7 @@ SHAPESET = "data=shapeset"
 def test_models_take_shape_and_classes_from_the_data(make_cfg, tmp_path):
     _, module, _ = build(make_cfg(SHAPESET, "model=mlp"))
     assert module.model.fc1.in_features == 1024 and module.model.out.out_features == 9
-    assert module.val_acc.num_classes == 9
+    assert module.num_classes == 9
     _, module, _ = build(make_cfg(SHAPESET))
     assert module.model(torch.zeros(2, 1, 32, 32)).shape == (2, 9)
     with pytest.raises(ConfigError, match="model.in_features=784"):

@@ -10,7 +10,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from initlab.models.contract import check_model_contract
 from initlab.utils import DROPOUT, stream_seed, weight_layers
@@ -72,8 +71,9 @@ class Classifier(L.LightningModule):
         self._pending_cuda_rng: torch.Tensor | None = None  # from a checkpoint, set at fit start
         self._nvml_cuda_check: str | None = None  # set aside for the fit, restored after it
         self.channels_last = False  # the memory format in effect: train.build decides it
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.num_classes = num_classes
+        # per evaluated set: correct, summed loss, examples (float64, on the device)
+        self._eval_sums: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -122,17 +122,39 @@ class Classifier(L.LightningModule):
         self.log("train/acc_epoch", correct / examples, sync_dist=True)
         self.log("train/loss_epoch", loss / examples, sync_dist=True)
 
-    def _evaluate(self, batch, stage: str, metric: MulticlassAccuracy):
+    def _evaluate(self, batch, batch_idx: int, name: str, dataloader_idx: int = 0,
+                  with_loss: bool = True) -> None:
+        """Adds the batch to the pass's sums for the set ``name`` (on the device); at the
+        set's last batch logs ``<name>/acc`` (and ``<name>/loss``) over the whole pass and
+        every rank: exact counts and summed losses, divided once. One log call a pass, not two
+        a batch (each costs ~1 ms of Python: a CPU pass of the test set spent 0.09 s in them)."""
         x, y = batch
         logits = self.net(x)
-        # names users see carry no /dataloader_idx_N suffix, however many test sets there are
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True,
+        if batch_idx == 0 or name not in self._eval_sums:
+            self._eval_sums[name] = torch.zeros(3, dtype=torch.float64, device=logits.device)
+        sums = self._eval_sums[name]
+        sums[0] += (logits.argmax(1) == y).sum()
+        if with_loss:
+            sums[1] += F.cross_entropy(logits, y, reduction="sum")
+        sums[2] += len(y)
+        trainer = self.trainer
+        if trainer.sanity_checking:
+            batches = trainer.num_sanity_val_batches
+        else:
+            batches = trainer.num_test_batches if trainer.testing else trainer.num_val_batches
+        if batch_idx + 1 < batches[dataloader_idx]:
+            return
+        correct, loss, examples = trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        del self._eval_sums[name]
+        # names users see carry no /dataloader_idx_N suffix, however many test sets there are;
+        # already equal on every rank: sync_dist averages equal values (and tells Lightning so)
+        self.log(f"{name}/acc", correct / examples, prog_bar=name == "val", sync_dist=True,
                  add_dataloader_idx=False)
-        metric.update(logits, y)
-        self.log(f"{stage}/acc", metric, prog_bar=True, add_dataloader_idx=False)
+        if with_loss:
+            self.log(f"{name}/loss", loss / examples, sync_dist=True, add_dataloader_idx=False)
 
-    def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, "val", self.val_acc)
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._evaluate(batch, batch_idx, "val", dataloader_idx)
 
     def on_test_start(self) -> None:
         """Name the test sets: a dict of test dataloaders logs each under its key ("test" is the
@@ -148,14 +170,8 @@ class Classifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         name = self._test_sets[dataloader_idx]
-        if name == "test":
-            self._evaluate(batch, "test", self.test_acc)
-            return
-        x, y = batch
-        accuracy = (self.net(x).argmax(1) == y).float().mean()
-        # a batch-size-weighted mean over batches (and ranks): the accuracy on the whole set
-        self.log(f"{name}/acc", accuracy, batch_size=len(y), sync_dist=True,
-                 add_dataloader_idx=False)
+        # the corrupted sets report accuracy only
+        self._evaluate(batch, batch_idx, name, dataloader_idx, with_loss=name == "test")
 
     def setup(self, stage: str) -> None:
         # before any callback's on_fit_start: the monitors read the model through the contract

@@ -29,7 +29,7 @@ def module_copy(module: Classifier, optimizer: functools.partial | None = None) 
     in place of its own when given), eager: what a search trains without touching the run."""
     return Classifier(copy.deepcopy(module.model), optimizer or module.optimizer_factory,
                       module.scheduler_factory, module.l1, module.l2,
-                      num_classes=module.val_acc.num_classes, compile=False, seed=module.seed)
+                      num_classes=module.num_classes, compile=False, seed=module.seed)
 
 
 def set_lr(cfg: DictConfig, module: Classifier, lr: float) -> None:
