@@ -156,18 +156,24 @@ def test_bench_on_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     assert not (tmp_path / "bench.json").exists()
 
 
+def twenty_step_fit(tmp_path, callbacks: str = "none"):
+    """A 20-step fit's config on synthetic data (22 batches of 128), its data module set up,
+    and the training split the raw loops slice."""
+    data_dir = synthetic_mnist(tmp_path / "data", 3000, 100)
+    cfg = compose_cfg(*training_overrides(data_dir, 20, tmp_path / "out", quick=True),
+                      f"callbacks={callbacks}")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    return (cfg, datamodule, *datamodule.splits["train"])
+
+
 @pytest.mark.parametrize("minimal", [False, True])
 @pytest.mark.parametrize("every", [5, 7, 25])
 def test_paired_fit_times_every_step_once(tmp_path, monkeypatch, every, minimal):
     """The framework case's interleaving: every training step of the fit falls in exactly one
     timed segment, and the raw loop trains as many steps as the fit did, segment by segment,
     whether or not the cadence divides the step count."""
-    data_dir = synthetic_mnist(tmp_path / "data", 3000, 100)  # 22 batches of 128
-    cfg = compose_cfg(*training_overrides(data_dir, 20, tmp_path / "out", quick=True),
-                      "callbacks=none")
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    images, labels = datamodule.splits["train"]
+    cfg, datamodule, images, labels = twenty_step_fit(tmp_path)
     raw_loops = []
     monkeypatch.setattr(pairing, "RawSteps", _recording(RawSteps, raw_loops))
     fit = pairing.paired_fit(cfg, datamodule, images, labels, every, minimal=minimal)
@@ -187,12 +193,7 @@ def test_the_raw_loop_runs_as_plain_torch_whatever_fit_it_is_paired_with(tmp_pat
     a minimal module's keep it) and with the collector's long-lived objects frozen, as
     initlab.train.run fits; after the fit both are as they were."""
     monkeypatch.setenv(NVML_CUDA_CHECK, "1")  # as Lightning's import sets it
-    data_dir = synthetic_mnist(tmp_path / "data", 3000, 100)
-    cfg = compose_cfg(*training_overrides(data_dir, 20, tmp_path / "out", quick=True),
-                      "callbacks=none")
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    images, labels = datamodule.splits["train"]
+    cfg, datamodule, images, labels = twenty_step_fit(tmp_path)
     seen = []
 
     class Recording(RawSteps):
@@ -244,12 +245,7 @@ def test_paired_raw_loop_trains_exactly_what_the_fit_trains(tmp_path, monkeypatc
     initial weights and takes the same batches in the same order, so after 20 steps (not a
     multiple of the 7-step pairing) both models hold the same weights, moved from where they
     started; a raw loop given another data order ends elsewhere (the check can fail)."""
-    data_dir = synthetic_mnist(tmp_path / "data", 3000, 100)
-    cfg = compose_cfg(*training_overrides(data_dir, 20, tmp_path / "out", quick=True),
-                      f"callbacks={callbacks}")
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    images, labels = datamodule.splits["train"]
+    cfg, datamodule, images, labels = twenty_step_fit(tmp_path, callbacks)
     raw_loops = []
     monkeypatch.setattr(pairing, "RawSteps", _recording(RawSteps, raw_loops))
     fit = pairing.paired_fit(cfg, datamodule, images, labels, 7, minimal=minimal,
