@@ -127,7 +127,7 @@ class Classifier(L.LightningModule):
         """Adds the batch to the pass's sums for the set ``name`` (on the device); at the
         set's last batch logs ``<name>/acc`` (and ``<name>/loss``) over the whole pass and
         every rank: exact counts and summed losses, divided once. One log call a pass, not two
-        a batch (each costs ~1 ms of Python: a CPU pass of the test set spent 0.09 s in them)."""
+        a batch (~0.9 ms each under cProfile: 0.07 s of a 0.3 s CPU pass of the test set)."""
         x, y = batch
         logits = self.net(x)
         if batch_idx == 0 or name not in self._eval_sums:
