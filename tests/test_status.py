@@ -137,7 +137,9 @@ def test_a_later_run_in_the_process_times_from_its_own_start(make_cfg, tmp_path)
     seconds = time.perf_counter() - begin
     t = json.loads((tmp_path / "second" / "result.json").read_text())["timings_s"]
     assert t["startup"] == 0
-    assert t["build"] + t["fit"] + t["logging"] <= t["total"] <= seconds
+    rounding = 0.0015  # result.json rounds each value to the ms: three of them add up to 1.5 ms
+    assert t["build"] + t["fit"] + t["logging"] <= t["total"] + rounding
+    assert t["total"] <= seconds
     assert t["build"] <= t["first_step"] <= t["total"]
 
 
