@@ -99,7 +99,7 @@ def eval_batch_in_effect(setting: str | int, model: torch.nn.Module,
     """``data.eval_batch_size=auto``: on the CPU, the largest power of two whose largest layer
     output stays within 16 MiB, at most 1000 (docs/performance.md): past glibc's 32 MiB mmap
     threshold each batch's activations are fresh pages, and the default CNN at 1000 took 135k
-    page faults and 0.37-0.46 s a pass of the test set against 0.17-0.23 s at 128-256; the
+    page faults and 0.37-0.54 s a pass of the test set against 0.17-0.29 s at 128-256; the
     5 x 1000 MLP is fastest at 1000 (0.52 s, 0.57 s at 256). On CUDA 1000 (not measured
     against other sizes on a GPU). Evaluation results do not depend on it (accuracies are
     counts; losses are batch-size-weighted means)."""

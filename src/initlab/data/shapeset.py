@@ -91,15 +91,16 @@ class ShapesetDataModule(SplitsDataModule):
     input_shape = (1, SIZE, SIZE)
     num_classes = NUM_CLASSES
 
-    def __init__(self, batch_size: int = 10, eval_batch_size: int | str = 1000, online: bool = True,
-                 train_size: int = 50_000, val_size: int = 10_000, test_size: int = 10_000,
-                 chunk_size: int = 4096, normalize: bool = True, augment: Callable | None = None,
-                 seed: int = 0, split_seed: int = 0,
+    def __init__(self, batch_size: int = 10, eval_batch_size: int | str = 1000,
+                 online: bool = True, train_size: int = 50_000, val_size: int = 10_000,
+                 test_size: int = 10_000, chunk_size: int = 4096, normalize: bool = True,
+                 augment: Callable | None = None, seed: int = 0, split_seed: int = 0,
                  corruptions: dict[str, list[float]] | None = None):
         super().__init__()
         check_eval_batch_size(eval_batch_size)
-        for key, value in (("batch_size", batch_size), ("train_size", train_size), ("val_size", val_size),
-                           ("test_size", test_size), ("chunk_size", chunk_size)):
+        for key, value in (("batch_size", batch_size), ("train_size", train_size),
+                           ("val_size", val_size), ("test_size", test_size),
+                           ("chunk_size", chunk_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{key}={value!r} is invalid: it must be an integer >= 1")
         for key, value in (("online", online), ("normalize", normalize)):
