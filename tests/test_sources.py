@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import multiprocessing
+import os
 import pickle
 import zipfile
 
@@ -52,6 +53,45 @@ def test_present_but_wrong_file_is_an_error_naming_it(tmp_path):
 def test_check_file_accepts_the_right_md5(tmp_path):
     md5 = write_tiny_mnist(tmp_path)
     check_file(tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte", md5["t10k-labels-idx1-ubyte"])
+
+
+def rewrite(path, data: bytes) -> None:
+    """Rewrite in place, with a later mtime (as a rewrite more than a clock tick later has)."""
+    before = path.stat().st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+def test_a_file_is_hashed_once_a_process_until_it_changes(tmp_path, monkeypatch):
+    import initlab.data.sources as sources
+
+    md5 = write_tiny_mnist(tmp_path)
+    hashed, md5_of = [], sources.md5_of
+    monkeypatch.setattr(sources, "md5_of", lambda path: hashed.append(path) or md5_of(path))
+    path = tmp_path / "MNIST/raw/train-labels-idx1-ubyte"
+    for _ in range(3):  # a fit's prepare_data, the load, a test's prepare_data
+        ensure_mnist(tmp_path, sources=["local"], checksums=md5)
+    assert len(hashed) == len(TINY_FILES)
+    # rewritten in place, same size: checked again, and the corruption is caught
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    rewrite(path, bytes(data))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte is present but its md5 is"):
+        ensure_mnist(tmp_path, sources=["local"], checksums=md5)
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte is present but its md5 is"):
+        check_file(path, md5["train-labels-idx1-ubyte"])  # a failed check is not remembered
+    data[-1] ^= 1
+    rewrite(path, bytes(data))
+    check_file(path, md5["train-labels-idx1-ubyte"])
+    # another expected md5 for the same file is checked, not taken from the record
+    with pytest.raises(DataError, match="present but its md5 is"):
+        check_file(path, "0" * 32)
+
+
+def test_empty_idx_parses_to_an_empty_tensor(tmp_path):
+    path = tmp_path / "labels"
+    path.write_bytes(idx_bytes(np.zeros((0,), np.uint8)))
+    assert read_idx(path, 1).shape == (0,)
 
 
 def test_gz_files_are_decompressed_verified_and_kept(tmp_path):
