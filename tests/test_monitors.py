@@ -28,6 +28,7 @@ from initlab.monitors.stats import (
     jacobian_sv,
     probe,
     probe_mode,
+    saturated_fraction,
 )
 from initlab.train import run
 from tests.helpers import read_events
@@ -152,6 +153,22 @@ def test_saturation_and_dead_units():
         model.fc1.bias.copy_(torch.tensor([-1.0, -1.0, 1.0, -1.0]))  # 3 of 4 units dead
     result = probe(model, torch.randn(8, 784), torch.zeros(8, dtype=torch.long), "relu")
     assert float(result.scalars["fc1"]["activation_saturated"]) == 0.75
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dead_fraction_counts_a_nan_as_alive_in_either_memory_format(channels_last):
+    a = torch.rand(5, 6, 4, 4) - 0.5  # every channel has positive values
+    a[:, 1] = 0  # dead
+    a[:, 2] = 0
+    a[3, 2, 1, 1] = float("nan")  # zeros and a NaN: not dead
+    a[:, 4] = float("nan")  # all NaN: not dead
+    if channels_last:
+        a = a.contiguous(memory_format=torch.channels_last)
+    definition = (a.transpose(0, 1).flatten(1) <= 0).all(1).float().mean()
+    assert float(saturated_fraction(a, "relu")) == float(definition) == pytest.approx(1 / 6)
+    dense = torch.rand(7, 5) + 0.1
+    dense[:, 0] = 0
+    assert float(saturated_fraction(dense, "relu")) == pytest.approx(1 / 5)
 
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu"])

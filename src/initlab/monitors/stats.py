@@ -39,8 +39,10 @@ def saturated_fraction(a: torch.Tensor, activation: str) -> torch.Tensor:
     example (dead for ReLU; on leaky ReLU's 0.01 slope only); linear: 0 (never saturates).
     """
     if activation in ("relu", "leaky_relu"):
-        per_channel = a.transpose(0, 1).flatten(1)  # (channels or units, everything else)
-        return (per_channel <= 0).all(dim=1).float().mean()
+        # (everything else, channels or units): a view for channels-last activations
+        per_position = a.movedim(1, -1).reshape(-1, a.shape[1])
+        # dead: every value <= 0 (a NaN is not); any() stops early where all() reads on
+        return (per_position <= 0).logical_not_().any(dim=0).logical_not_().float().mean()
     finite = torch.isfinite(a)
     if activation in ("tanh", "softsign"):
         hit = a.abs() > SATURATION
@@ -69,7 +71,9 @@ def finite_quantile(t: torch.Tensor, q: float, generator: torch.Generator,
 
 def _quantile_by_selection(flat: torch.Tensor, q: float) -> torch.Tensor:
     """``torch.nanquantile`` of the finite values of ``flat`` (float32), by ``topk``."""
-    flat = flat[torch.isfinite(flat)]
+    finite = torch.isfinite(flat)
+    if not bool(finite.all()):  # selecting the finite ones costs more than the check
+        flat = flat[finite]
     if flat.numel() == 0:
         return torch.tensor(torch.nan)
     # torch.nanquantile's linear interpolation, bit for bit: rank = float32(q) * (n - 1) in
