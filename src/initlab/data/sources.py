@@ -69,8 +69,7 @@ def check_file(path: Path, expected_md5: str) -> None:
     2-core CPU), again whenever it was replaced or rewritten since (inode, size or mtime)."""
     path = Path(path).resolve()
     identity = _identity(path)
-    seen = _checked.get(path)
-    if seen is not None and seen == (identity, expected_md5):
+    if _checked.get(path) == (identity, expected_md5):
         return
     actual = md5_of(path)
     if actual == expected_md5 and _identity(path) == identity:
