@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -19,6 +21,7 @@ import torch
 
 from initlab.module import NVML_CUDA_CHECK
 from initlab.train import build, run
+from tests.helpers import run_script, tiny_overrides
 
 
 class ReadCheck(L.Callback):
@@ -72,3 +75,31 @@ def test_run_keeps_the_libraries_out_of_gc_while_training_and_releases_them(make
     else:
         assert not math.isnan(run(cfg))  # trained and tested
     assert gc.get_freeze_count() == 0
+
+
+class RequireCollectorOn(L.Callback):
+    """Fails the run at a training step where the garbage collector is off, or the libraries
+    are not frozen out of it."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not gc.isenabled() or gc.get_freeze_count() < 10_000:
+            raise AssertionError(f"collector enabled {gc.isenabled()}, "
+                                 f"{gc.get_freeze_count()} objects frozen while training")
+
+
+@pytest.mark.parametrize("script_args", [[], ["-m", "seed=0,1"]], ids=["run", "multirun"])
+def test_the_script_imports_with_the_collector_off_and_trains_with_it_on(tiny_data, tmp_path,
+                                                                         script_args):
+    """scripts/train.py keeps the collector off while the libraries import, and every job
+    (a multirun's second too) trains with it back on and the libraries frozen."""
+    out = tmp_path / "out"
+    folder = (["hydra.sweep.dir=" + str(out)] if script_args else ["hydra.run.dir=" + str(out)])
+    proc = run_script("train.py", *script_args, *folder, *tiny_overrides([], tiny_data),
+                      "trainer.max_steps=2",
+                      "+callbacks.collector._target_=tests.test_speed_settings.RequireCollectorOn")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(out.rglob("result.json"))
+    assert len(results) == (2 if script_args else 1)
+    for result in map(json.loads, map(Path.read_text, results)):  # a job's crash: "failed"
+        assert result["status"] != "failed", result
+        assert result["steps"] == 2, result
