@@ -134,6 +134,26 @@ def test_histogram_paths_skip_non_finite_values_alike():
     assert np.abs((host[5:] - device[5:]).numpy()).sum() <= 2
 
 
+@pytest.mark.parametrize("sample", [1_000, 4_096])
+def test_a_sampled_quantile_is_the_one_of_a_plain_draw_and_leaves_the_generator_alike(sample):
+    """The sample's indices are kept and sorted; the quantile, and the generator's state after
+    (what the Lanczos vectors are drawn from next), are those of a plain unsorted draw, the
+    first time and every later time the same state asks."""
+    torch.manual_seed(sample)
+    values = torch.randn(3, 5, 997)  # 14,955 values: sampled
+    values[0, 0, :5] = torch.tensor([float("nan"), float("inf"), -float("inf"), 7.0, -7.0])
+    for rep in range(3):  # the first call draws; the later ones find it kept
+        for seed in (0, 1):
+            plain = torch.Generator().manual_seed(seed)
+            drawn = values.flatten()[torch.randint(values.numel(), (sample,), generator=plain)]
+            expected = torch.nanquantile(torch.where(torch.isfinite(drawn), drawn, torch.nan), 0.98)
+            generator = torch.Generator().manual_seed(seed)
+            got = finite_quantile(values, 0.98, generator, sample=sample)
+            assert got.item() == expected.item(), (rep, seed)
+            assert torch.equal(generator.get_state(), plain.get_state()), (rep, seed)
+            assert torch.equal(torch.rand(4, generator=generator), torch.rand(4, generator=plain))
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 17, 100, 1001, 65_537])
 def test_quantile_by_selection_is_nanquantile_bit_for_bit(size):
     torch.manual_seed(size)
@@ -169,6 +189,25 @@ def test_dead_fraction_counts_a_nan_as_alive_in_either_memory_format(channels_la
     dense = torch.rand(7, 5) + 0.1
     dense[:, 0] = 0
     assert float(saturated_fraction(dense, "relu")) == pytest.approx(1 / 5)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64, 96, 100, 4096 + 5])  # folds: 1, 1, 64, 32, 4, 1
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dead_fraction_is_the_definition_whatever_the_rows_fold_by(rows, channels_last):
+    """The reduction folds rows side by side by gcd(rows, 64): every fold gives the definition
+    (every value <= 0, a NaN not), a dead channel or unit found wherever its rows lie."""
+    torch.manual_seed(rows)
+    a = torch.rand(rows, 7, 1, 1) + 0.1  # alive: 0 and 3
+    a[:, [1, 2, 4]] = -a[:, [1, 2, 4]]  # dead: 1 and 4
+    a[-1, 2] = float("nan")  # negative values and a NaN: alive
+    a[:, 5:] = 0.0  # zeros: dead
+    a[rows // 2, 6] = 1e-30  # zeros and one value above 0 wherever its row lies: alive
+    if channels_last:
+        a = a.contiguous(memory_format=torch.channels_last)
+    definition = (a.transpose(0, 1).flatten(1) <= 0).all(1).float().mean()
+    assert float(definition) == pytest.approx(3 / 7)
+    assert float(saturated_fraction(a, "relu")) == float(definition)
+    assert float(saturated_fraction(a.flatten(1), "leaky_relu")) == float(definition)  # dense
 
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu"])

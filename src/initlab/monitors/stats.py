@@ -41,9 +41,13 @@ def saturated_fraction(a: torch.Tensor, activation: str) -> torch.Tensor:
     if activation in ("relu", "leaky_relu"):
         # (everything else, channels or units): a view for channels-last activations
         per_position = a.movedim(1, -1).reshape(-1, a.shape[1])
-        # dead: every value <= 0 (a NaN is not); not-any-not measured 2.5 ms against 4.5 ms
-        # for all() over the transposed copy (the CNN's conv1, 300 probe examples, 2-core CPU)
-        return (per_position <= 0).logical_not_().any(dim=0).logical_not_().float().mean()
+        # dead: the largest value <= 0 (a NaN is the largest: not dead). The rows are folded
+        # side by side first: a reduction down 24 columns did not vectorise, one down 1,536
+        # did (0.8 ms against 11 ms for any(), the CNN's conv1, 300 probe examples, 2-core CPU)
+        rows, units = per_position.shape
+        fold = math.gcd(rows, 64)
+        peak = per_position.reshape(rows // fold, fold * units).amax(0).view(fold, units).amax(0)
+        return (peak <= 0).float().mean()
     finite = torch.isfinite(a)
     if activation in ("tanh", "softsign"):
         hit = a.abs() > SATURATION
@@ -64,10 +68,36 @@ def finite_quantile(t: torch.Tensor, q: float, generator: torch.Generator,
     ``torch.nanquantile`` from a partial selection instead of a full sort (8x faster)."""
     flat = t.detach().flatten().float()
     if flat.numel() > sample:
-        flat = flat[torch.randint(flat.numel(), (sample,), device=flat.device, generator=generator)]
+        flat = flat[_sample_indices(flat.numel(), sample, generator, flat.device)]
     if flat.device.type != "cpu":
         return torch.nanquantile(torch.where(torch.isfinite(flat), flat, torch.nan), q)
     return _quantile_by_selection(flat, q)
+
+
+# (numel, sample, device, generator state) -> (the draw's indices sorted, generator state after)
+_SAMPLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_SAMPLES_KEPT = 8
+
+
+def _sample_indices(numel: int, sample: int, generator: torch.Generator,
+                    device: torch.device) -> torch.Tensor:
+    """``torch.randint(numel, (sample,), generator=generator)``, sorted, leaving ``generator``
+    as the draw leaves it. A quantile does not depend on the order of the values: sorted, the
+    gather reads memory in order (1.2 ms against 7.6 ms for 2^19 of conv1's 4M values on the
+    2-core CPU). Kept by the generator's state: every probe reseeds it, so every probe of a
+    layer draws the same indices, and only the first one pays the draw and the sort."""
+    state = generator.get_state()
+    key = (numel, sample, str(device), state.numpy().tobytes())
+    kept = _SAMPLES.get(key)
+    if kept is None:
+        drawn = torch.randint(numel, (sample,), device=device, generator=generator)
+        kept = (drawn.sort().values, generator.get_state())
+        if len(_SAMPLES) >= _SAMPLES_KEPT:
+            _SAMPLES.pop(next(iter(_SAMPLES)))
+        _SAMPLES[key] = kept
+    else:
+        generator.set_state(kept[1])
+    return kept[0]
 
 
 def _quantile_by_selection(flat: torch.Tensor, q: float) -> torch.Tensor:
@@ -384,15 +414,19 @@ def _slq_sv(z, out, j, jt, config: JacobianConfig, generator) -> dict[str, torch
     steps = min(config.steps, d)
     signs = torch.randint(0, 2, (p * b, d), device=z.device, generator=generator)
     q = (2 * signs - 1).to(z.dtype) / d**0.5  # unit Rademacher vectors
-    basis = q.new_zeros(steps, p * b, d)
+    # each row's Lanczos vectors contiguous: the reorthogonalisation reads them in order (3-6x
+    # faster than steps-major on the 2-core CPU)
+    basis = q.new_zeros(p * b, steps, d)
     alpha, beta = [], []
     for i in range(steps):
-        basis[i] = q
+        basis[:, i] = q
         w = matvec(q.reshape(like.shape)).reshape(p * b, d)
         alpha.append((w * q).sum(-1))
-        done = basis[: i + 1]
+        done = basis[:, : i + 1]
+        w = w.unsqueeze(1)
         for _ in range(2):  # full reorthogonalisation, twice: float32 Lanczos loses it fast
-            w = w - torch.einsum("kr,krd->rd", torch.einsum("krd,rd->kr", done, w), done)
+            w = torch.baddbmm(w, torch.bmm(w, done.transpose(1, 2)), done, alpha=-1)
+        w = w.squeeze(1)
         if i + 1 < steps:
             norm = w.norm(dim=-1)
             beta.append(norm)
