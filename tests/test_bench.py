@@ -69,6 +69,10 @@ def test_bench_quick_monitors_on_the_default_command(tmp_path):
     assert result["ratios"]["monitors_default_command"] == pytest.approx(
         result["seconds"]["callbacks_default"] / result["seconds"]["callbacks_none"])
     assert result["probe_s"] > 0
+    rounds = result["per_round"]  # what the medians are of: one entry a round
+    assert rounds["ratio"] == [d / n for d, n in zip(rounds["callbacks_default_s"],
+                                                     rounds["callbacks_none_s"])]
+    assert len(rounds["probe_s"]) == QUICK.rounds and rounds["probe_s"][0] == result["probe_s"]
 
 
 @pytest.mark.slow  # whole processes or every case: CI runs it

@@ -36,7 +36,10 @@ def case_monitors(settings: Settings, data_dir: Path, out: Path) -> dict:
     result = {"ratios": {"monitors_default_command": ratio},
               "ratio_spread": {"monitors_default_command": ratio_spread},
               "seconds": {}, "spread": {}, "probe_s": statistics.median(probe),
-              "rounds": settings.rounds}
+              "rounds": settings.rounds,
+              # every round, so the noise behind a median can be read
+              "per_round": {"ratio": ratios, "probe_s": probe,
+                            **{f"callbacks_{cb}_s": samples for cb, samples in times.items()}}}
     for cb, samples in times.items():
         result["seconds"][f"callbacks_{cb}"], result["spread"][f"callbacks_{cb}"] = (
             median_and_spread(samples))
