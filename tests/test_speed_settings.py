@@ -87,6 +87,7 @@ class RequireCollectorOn(L.Callback):
                                  f"{gc.get_freeze_count()} objects frozen while training")
 
 
+@pytest.mark.slow  # whole processes: CI runs it
 @pytest.mark.parametrize("script_args", [[], ["-m", "seed=0,1"]], ids=["run", "multirun"])
 def test_the_script_imports_with_the_collector_off_and_trains_with_it_on(tiny_data, tmp_path,
                                                                          script_args):
