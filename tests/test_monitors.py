@@ -22,6 +22,7 @@ from initlab.monitors.stats import (
     _capture,
     _histogram_on_device,
     _histogram_on_host,
+    _interpolation_bins_as_edges,
     _quantile_by_selection,
     finite_quantile,
     histogram,
@@ -123,6 +124,45 @@ def test_histogram_bins_every_value_as_numpy_does(size):
         assert total == pytest.approx(flat.sum()) and squares == pytest.approx((flat ** 2).sum())
         assert np.abs(np.asarray(counts) - expected).sum() <= tolerance, path.__name__
     assert histogram(t).tolist() == _histogram_on_host(t, 64).tolist()  # the CPU's path
+
+
+def _as_numpy_bins(x: np.ndarray) -> np.ndarray:
+    flat = x.astype(np.float64)
+    return np.histogram(flat, np.linspace(flat.min(), flat.max(), 65))[0]
+
+
+@pytest.mark.parametrize("lo, hi", [(0.0, 3.7), (0.0, 4.0), (-1.3, 2.9), (-2e-6, 5e-5),
+                                    (-0.5, 0.5), (-218.03612, 218.03612), (-1.0, 1.0000001)])
+def test_histogram_interpolates_only_where_it_bins_as_the_edges(lo, hi):
+    """The host path interpolates a value's bin (torch.histc, 3x faster) only where that is
+    proven to give the edge search's bin; a symmetric range puts an edge at 0, where float32 is
+    dense and interpolation misbins a tiny negative value: there it searches the edges."""
+    lo, hi = float(np.float32(lo)), float(np.float32(hi))
+    edges = np.linspace(lo, hi, 65).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([[lo, hi], edges, np.nextafter(edges, np.float32(np.inf)),
+                        np.nextafter(edges, np.float32(-np.inf)), [-1e-45, 1e-45, -1e-30],
+                        rng.uniform(lo, hi, 5000)]).astype(np.float32)
+    x = x[(x >= lo) & (x <= hi)]
+    values = torch.from_numpy(x).double()
+    interpolated = torch.histc(values, 64, lo, hi).numpy()
+    dense_zero_edge = lo == -hi or hi == np.nextafter(np.float32(-lo), np.float32(np.inf))
+    assert _interpolation_bins_as_edges(lo, hi, 64) is not dense_zero_edge
+    if lo == -hi:  # the case the guard exists for: interpolation alone misbins here
+        assert not np.array_equal(interpolated, _as_numpy_bins(x))
+    assert _histogram_on_host(torch.from_numpy(x), 64)[5:].numpy().tolist() == \
+        _as_numpy_bins(x).tolist()
+
+
+def test_histogram_of_wider_floats_searches_the_edges():
+    """The interpolation proof covers float32 values; a float64 tensor is binned by the edges."""
+    lo, hi = -0.15405166149139404, 1.004311203956604  # float32 values
+    edge = float(torch.linspace(lo, hi, 65, dtype=torch.float64)[10])
+    below = np.nextafter(np.nextafter(np.nextafter(edge, -1.0), -1.0), -1.0)  # not a float32
+    x = torch.tensor([lo, below, hi], dtype=torch.float64)
+    assert _interpolation_bins_as_edges(lo, hi, 64)  # for float32 values it would be
+    assert torch.histc(x, 64, lo, hi)[10] == 1  # interpolation puts it past the edge
+    assert _histogram_on_host(x, 64)[5:].numpy().tolist() == _as_numpy_bins(x.numpy()).tolist()
 
 
 def test_histogram_paths_skip_non_finite_values_alike():

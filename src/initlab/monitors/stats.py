@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -145,8 +146,10 @@ def _histogram_on_device(flat: torch.Tensor, bins: int) -> torch.Tensor:
 
 
 def _histogram_on_host(flat: torch.Tensor, bins: int) -> torch.Tensor:
-    """:func:`histogram` with ``torch.histogram`` (one pass, np.histogram's edge search): on the
-    CPU a host read costs nothing, and the probe's 4M-value histograms take a third the time."""
+    """:func:`histogram` in one pass: on the CPU a host read costs nothing. ``torch.histc``
+    (a bin by interpolation) where :func:`_interpolation_bins_as_edges` proves it bins every
+    value as the edges do, else ``torch.histogram`` (np.histogram's edge search), 3x slower on
+    the probe's 4M-value histograms (48 ms against 16 ms, 2-core CPU)."""
     lo, hi = (float(v) for v in torch.aminmax(flat))  # NaN or inf among them: not all finite
     if not (math.isfinite(lo) and math.isfinite(hi)):
         flat = flat[torch.isfinite(flat)]
@@ -155,7 +158,9 @@ def _histogram_on_host(flat: torch.Tensor, bins: int) -> torch.Tensor:
             return torch.tensor(empty, dtype=torch.float64)
         lo, hi = (float(v) for v in torch.aminmax(flat))
     values = flat.double()
-    if hi > lo:
+    if hi > lo and flat.dtype in _SINGLE_OR_NARROWER and _interpolation_bins_as_edges(lo, hi, bins):
+        counts = torch.histc(values, bins, lo, hi)
+    elif hi > lo:
         counts = torch.histogram(values, bins, range=(lo, hi)).hist
     else:  # one value: all in the first bin
         counts = torch.zeros(bins, dtype=torch.float64)
@@ -163,6 +168,32 @@ def _histogram_on_host(flat: torch.Tensor, bins: int) -> torch.Tensor:
     head = torch.tensor([lo, hi, values.numel(), float(values.sum()), float(values.dot(values))],
                         dtype=torch.float64)
     return torch.cat([head, counts])
+
+
+_SINGLE_OR_NARROWER = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _interpolation_bins_as_edges(lo: float, hi: float, bins: int) -> bool:
+    """Whether ``torch.histc``'s bin of every float32 value x in [lo, hi] (lo, hi float32),
+    int((x - lo) * bins / (hi - lo)) in float64, is the bin of the edges
+    ``torch.linspace(lo, hi, bins + 1)`` that ``torch.histogram`` searches. Both round by a few
+    float64 units of |lo| + |hi|, so they can differ only for an x that close to an edge: the
+    float32 values that close are checked one by one; where float32 is too dense for that (an
+    edge within ~1e-8 of the range from 0), the answer is no."""
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64).numpy()
+    band = 16 * np.finfo(np.float64).eps * (abs(lo) + abs(hi))
+    near = edges[1:-1].astype(np.float32)
+    up = np.nextafter(near, np.float32(np.inf))
+    down = np.nextafter(near, np.float32(-np.inf))
+    if ((up - near).astype(np.float64) <= band).any() or (
+            (near - down).astype(np.float64) <= band).any():
+        return False
+    candidates = np.concatenate([near, up, down, np.nextafter(up, np.float32(np.inf)),
+                                 np.nextafter(down, np.float32(-np.inf))]).astype(np.float64)
+    candidates = candidates[(candidates >= lo) & (candidates <= hi)]
+    interpolated = np.minimum(((candidates - lo) * bins / (hi - lo)).astype(np.int64), bins - 1)
+    searched = np.minimum(np.searchsorted(edges, candidates, side="right") - 1, bins - 1)
+    return bool((interpolated == searched).all())
 
 
 @dataclass(frozen=True)
