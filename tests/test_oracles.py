@@ -245,3 +245,53 @@ def test_train_epoch_means_match_the_oracle(make_cfg, batch_size):
     assert final["train/loss_epoch"] == pytest.approx(loss / n, rel=1e-5)
     first_correct, first_loss, _ = oracle.per_epoch[0]
     assert (first_correct, first_loss) != (correct, loss)  # the epochs differ: a reset is tested
+
+
+class _GradNormOracle(L.Callback):
+    """Before each training step, each weight's gradient norm on the batch, by
+    torch.autograd.grad of a plain cross-entropy (the tiny CNN has no dropout, l1 = l2 = 0)."""
+
+    def __init__(self):
+        self.per_step: dict[int, list[float]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        x, y = batch
+        weights = [m.weight for m in pl_module.model.modules()
+                   if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        grads = torch.autograd.grad(F.cross_entropy(pl_module.model(x), y), weights)
+        self.per_step[trainer.global_step] = [float(g.double().norm()) for g in grads]
+
+
+@pytest.mark.parametrize("every, log_every, kept", [(1, 2, 64), (3, 5, 64), (1, 5, 2)])
+def test_grad_norms_match_the_oracle(make_cfg, tmp_path, monkeypatch, every, log_every, kept):
+    """grad_norm/<layer> and grad_norm/total at each logging step: the mean, over the due steps
+    since the last logging step, of each step's norms and of their total (kept=2: the pending
+    norms are also summed between logging steps)."""
+    from initlab.monitors import GradNormMonitor
+
+    monkeypatch.setattr(GradNormMonitor, "_KEPT", kept)
+    cfg = make_cfg("callbacks=none", "+callbacks.grad_norm._target_="
+                   "initlab.monitors.GradNormMonitor",
+                   f"+callbacks.grad_norm.every_n_steps={every}", "logger=tensorboard",
+                   f"trainer.log_every_n_steps={log_every}", "data.batch_size=8",
+                   "trainer.max_epochs=2", "robustness=null", "test=false", "scheduler=none")
+    datamodule, module, trainer = build(cfg)
+    oracle = _GradNormOracle()
+    trainer.callbacks.append(oracle)
+    trainer.fit(module, datamodule=datamodule)
+    monitor = next(c for c in trainer.callbacks if isinstance(c, GradNormMonitor))
+    assert len(monitor._pending) < kept  # summed as they reach the bound, not kept unbounded
+    events = read_events(tmp_path / "run")
+    layers = ["conv1", "conv2", "fc1", "out"]
+    logged = [s.step for s in events.Scalars("grad_norm/total")]
+    steps = sorted(oracle.per_step)
+    assert logged == [s for s in steps if s % log_every == 0] and len(logged) >= 4
+    previous = -1
+    for step in logged:
+        due = [s for s in steps if previous < s <= step and s % every == 0]
+        previous = step
+        rows = np.array([oracle.per_step[s] for s in due])
+        expected = [*rows.mean(0), np.sqrt((rows ** 2).sum(1)).mean()]
+        got = [next(e.value for e in events.Scalars(f"grad_norm/{n}") if e.step == step)
+               for n in [*layers, "total"]]
+        assert got == pytest.approx(expected, rel=1e-5), (step, due)
