@@ -189,3 +189,23 @@ def test_noise_has_the_requested_std_and_differs_per_image():
     assert float(out.std()) == pytest.approx(0.1, rel=0.05)
     assert float(out.mean()) == pytest.approx(0.0, abs=0.005)
     assert not torch.allclose(out[0], out[1])
+
+
+def test_noise_levels_share_one_draw_of_the_bank():
+    """Noise levels from one seed draw their bank once; each level's images, and its
+    generator after them, are what a draw of its own gives; another seed draws its own."""
+    from initlab.data import augment
+
+    x = torch.rand(300, 1, 28, 28)
+    augment._BANKS.clear()
+    first, second = Augment(noise_std=0.1, seed=5), Augment(noise_std=0.3, seed=5)
+    shared = [(first, first(x), first(x)), (second, second(x), second(x))]
+    assert second._bank is first._bank
+    for aug, *outs in shared:
+        augment._BANKS.clear()
+        alone = Augment(noise_std=aug.noise_std, seed=5)
+        assert all(torch.equal(alone(x), out) for out in outs)
+        assert torch.equal(alone._generator.get_state(), aug._generator.get_state())
+    other = Augment(noise_std=0.1, seed=6)
+    other(x)
+    assert not torch.equal(other._bank, first._bank)

@@ -103,10 +103,13 @@ class CorruptedBatches(Batches):
         self.corrupt.set_epoch(0)
         corrupted = torch.cat([self.corrupt(to_unit(self.images[i: i + self.CHUNK]))
                                for i in range(0, len(self.images), self.CHUNK)])
-        order = self._indices()
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
-            yield self.transform(corrupted[idx]), self.labels[idx]
+        # split order (never shuffled): this rank's examples are a strided view and its batches
+        # slices of it, where gathering them by index copied the corrupted split once more
+        images = corrupted[self.rank:: self.world_size]
+        labels = self.labels[self.rank:: self.world_size]
+        for start in range(0, len(labels), self.batch_size):
+            yield (self.transform(images[start: start + self.batch_size]),
+                   labels[start: start + self.batch_size])
 
 
 def check_eval_batch_size(value) -> None:
