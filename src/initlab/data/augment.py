@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from initlab.utils import AUGMENTATION, stream_seed
 
-# (size, dtype, device, generator state) -> (the bank, generator state after the draw)
+# CPU banks: (size, dtype, generator state) -> (the bank, generator state after the draw)
 _BANKS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 _BANKS_KEPT = 2  # 16 MiB each at the default size
 
@@ -19,9 +19,12 @@ def _normal_bank(size: int, dtype, device, gen: torch.Generator) -> torch.Tensor
     """``torch.randn(size, generator=gen)``, leaving ``gen`` as the draw leaves it. Kept by the
     generator's state: the noise levels of the corrupted test sets each start a generator from
     the same seed, so every level after the first reuses the first one's bank (a draw costs
-    ~25 ms on the 2-core CPU, a third of what corrupting a test set costs)."""
+    ~25 ms on the 2-core CPU, a third of what corrupting a test set costs). An accelerator
+    draws in microseconds: there nothing is kept, so no device memory stays held."""
+    if torch.device(device).type != "cpu":
+        return torch.randn(size, device=device, generator=gen, dtype=dtype)
     state = gen.get_state()
-    key = (size, dtype, str(device), state.cpu().numpy().tobytes())
+    key = (size, dtype, state.numpy().tobytes())
     kept = _BANKS.get(key)
     if kept is None:
         kept = (torch.randn(size, device=device, generator=gen, dtype=dtype), gen.get_state())

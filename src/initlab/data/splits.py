@@ -105,8 +105,9 @@ class CorruptedBatches(Batches):
                                for i in range(0, len(self.images), self.CHUNK)])
         # split order (never shuffled): this rank's examples are a strided view and its batches
         # slices of it, where gathering them by index copied the corrupted split once more
-        images = corrupted[self.rank:: self.world_size]
-        labels = self.labels[self.rank:: self.world_size]
+        images, labels = corrupted, self.labels
+        if self.world_size > 1:  # as example_order: a single process sees every example
+            images, labels = images[self.rank:: self.world_size], labels[self.rank:: self.world_size]
         for start in range(0, len(labels), self.batch_size):
             yield (self.transform(images[start: start + self.batch_size]),
                    labels[start: start + self.batch_size])
