@@ -7,9 +7,11 @@ import ctypes
 import gc
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 WEIGHT_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -48,6 +50,24 @@ def stream_seed(seed: int, purpose: int, *keys: int) -> int:
     1 never replays seed s+1 at epoch 0."""
     words = np.random.SeedSequence([seed, purpose, *keys]).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
+
+
+def draw_kept_by_state(kept: dict, limit: int, key: tuple, generator: torch.Generator,
+                       draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``draw()`` (which draws from ``generator``), kept in ``kept`` under ``key`` and the
+    generator's state: a later call from the same state returns the kept tensor and leaves the
+    generator where the draw left it, as a draw of its own would. The oldest of more than
+    ``limit`` goes."""
+    full_key = (*key, generator.get_state().numpy().tobytes())
+    entry = kept.get(full_key)
+    if entry is None:
+        entry = (draw(), generator.get_state())
+        if len(kept) >= limit:
+            kept.pop(next(iter(kept)))
+        kept[full_key] = entry
+    else:
+        generator.set_state(entry[1])
+    return entry[0]
 
 
 def process_age_s() -> float | None:

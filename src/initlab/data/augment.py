@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from initlab.utils import AUGMENTATION, stream_seed
+from initlab.utils import AUGMENTATION, draw_kept_by_state, stream_seed
 
 # CPU banks: (size, dtype, generator state) -> (the bank, generator state after the draw)
 _BANKS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -23,17 +23,9 @@ def _normal_bank(size: int, dtype, device, gen: torch.Generator) -> torch.Tensor
     draws in microseconds: there nothing is kept, so no device memory stays held."""
     if torch.device(device).type != "cpu":
         return torch.randn(size, device=device, generator=gen, dtype=dtype)
-    state = gen.get_state()
-    key = (size, dtype, state.numpy().tobytes())
-    kept = _BANKS.get(key)
-    if kept is None:
-        kept = (torch.randn(size, device=device, generator=gen, dtype=dtype), gen.get_state())
-        if len(_BANKS) >= _BANKS_KEPT:
-            _BANKS.pop(next(iter(_BANKS)))
-        _BANKS[key] = kept
-    else:
-        gen.set_state(kept[1])
-    return kept[0]
+    return draw_kept_by_state(
+        _BANKS, _BANKS_KEPT, (size, dtype), gen,
+        lambda: torch.randn(size, device=device, generator=gen, dtype=dtype))
 
 
 class Augment:

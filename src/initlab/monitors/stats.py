@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from initlab.init import fans
-from initlab.utils import weight_layers
+from initlab.utils import draw_kept_by_state, weight_layers
 
 SATURATION = 0.97  # tanh/softsign |a| > 0.97; sigmoid a < 0.03 or a > 0.97; elu a < -0.97
 # p98 from all values up to this many, else from a seeded uniform sample of this size: its
@@ -87,18 +87,9 @@ def _sample_indices(numel: int, sample: int, generator: torch.Generator,
     gather reads memory in order (1.2 ms against 7.6 ms for 2^19 of conv1's 4M values on the
     2-core CPU). Kept by the generator's state: every probe reseeds it, so every probe of a
     layer draws the same indices, and only the first one pays the draw and the sort."""
-    state = generator.get_state()
-    key = (numel, sample, str(device), state.numpy().tobytes())
-    kept = _SAMPLES.get(key)
-    if kept is None:
-        drawn = torch.randint(numel, (sample,), device=device, generator=generator)
-        kept = (drawn.sort().values, generator.get_state())
-        if len(_SAMPLES) >= _SAMPLES_KEPT:
-            _SAMPLES.pop(next(iter(_SAMPLES)))
-        _SAMPLES[key] = kept
-    else:
-        generator.set_state(kept[1])
-    return kept[0]
+    return draw_kept_by_state(
+        _SAMPLES, _SAMPLES_KEPT, (numel, sample, str(device)), generator,
+        lambda: torch.randint(numel, (sample,), device=device, generator=generator).sort().values)
 
 
 def _quantile_by_selection(flat: torch.Tensor, q: float) -> torch.Tensor:
