@@ -56,8 +56,8 @@ def draw_kept_by_state(kept: dict, limit: int, key: tuple, generator: torch.Gene
                        draw: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``draw()`` (which draws from ``generator``), kept in ``kept`` under ``key`` and the
     generator's state: a later call from the same state returns the kept tensor and leaves the
-    generator where the draw left it, as a draw of its own would. The oldest of more than
-    ``limit`` goes."""
+    generator where the draw left it, as a draw of its own would. Callers share the kept
+    tensor: they read it, never write it. The oldest of more than ``limit`` goes."""
     full_key = (*key, generator.get_state().numpy().tobytes())
     entry = kept.get(full_key)
     if entry is None:
