@@ -180,10 +180,13 @@ def test_interrupted_run_saves_a_checkpoint_and_resumes(tiny_data, tmp_path, sig
     # the whole tiny training set (550) in batches of 8: an epoch of 69 steps to stop inside
     args = [*tiny_overrides((), tiny_data), "data.train_samples=null", "data.batch_size=8",
             "robustness=null", "scheduler=none", "status.stall_accuracy=0"]
+    # Ctrl-C as a terminal's foreground job gets it: a shell starts background jobs with SIGINT
+    # ignored (a CI script run with '&'), and Python keeps an ignored SIGINT ignored
     proc = subprocess.Popen(script_command("train.py", f"hydra.run.dir={out}", *args,
                                            "trainer.max_epochs=400"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=script_env())
+                            env=script_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
         time.sleep(0.2)  # wait until training is under way (one epoch done)
