@@ -176,8 +176,14 @@ def test_several_unnamed_test_loaders_are_a_clear_error(make_cfg):
         trainer.test(module, dataloaders=[clean, clean], verbose=False)
 
 
-def test_grid_is_exactly_affine_grid():
-    augment = Augment(skew_degrees=30, rotate_degrees=20, translate=0.1, scale=0.2)
+@pytest.mark.parametrize("settings", [
+    {"skew_degrees": 30, "rotate_degrees": 20, "translate": 0.1, "scale": 0.2},
+    {"skew_degrees": 30}, {"skew_degrees": 30, "translate": 0.1},
+    {"rotate_degrees": 20}, {"scale": 0.2, "translate": 0.1}])
+def test_grid_is_affine_grid(settings):
+    """Every shortcut of the written-out grid (a shear alone, no translation) against
+    affine_grid, on a grid that is not square."""
+    augment = Augment(**settings)
     theta = augment.affine_matrices(16, torch.device("cpu"), torch.Generator().manual_seed(0))
     expected = torch.nn.functional.affine_grid(theta, [16, 1, 28, 20], align_corners=False)
     assert torch.allclose(augment._grid(theta, 28, 20), expected, atol=1e-6)
