@@ -11,7 +11,9 @@ The recipe is an initlab run's: the four IDX files read with numpy; initlab's 55
 scaled to [0, 1] and standardised with MNIST's mean and std; the default CNN (24/32 channels,
 5x5/3x3 kernels, 256 hidden, ReLU) with PyTorch's default init, reset once more as
 ``init=default`` does, so one seed gives initlab's initial weights; Adam, one-cycle on the LR
-only (per step); the validation split evaluated after every epoch and the test set at the end.
+only (per step); the validation split evaluated after every epoch and the test set at the end;
+with ``--noise``/``--skew`` levels (the ``robustness`` config), the corrupted copies of the test
+set, each the same images initlab's corrupted sets hold (the same seeded draws), by accuracy.
 
 Its speed choices, each a flag, each the faster of its two settings as measured (docs/performance.md):
 - ``--no-normalize-once`` (the default): batches standardised from the uint8 splits as they are
@@ -29,17 +31,22 @@ Its speed choices, each a flag, each the faster of its two settings as measured 
   in effect): evaluation at 1000 took the CNN's activations past glibc's 32 MiB mmap threshold,
   fresh pages every batch, and a pass of the test set about twice as long (2-core CPU);
 - batches sliced by index from tensors on the device, the per-epoch order moved there once;
-  zero_grad(set_to_none); nothing synchronises the host inside an epoch.
+  zero_grad(set_to_none); nothing synchronises the host inside an epoch;
+- corrupted test sets: the noise levels draw their common N(0, 1) bank once (every level's
+  generator starts from the same seed); a shear's sampling grid is x + shear * y and y (no
+  affine_grid); each set is corrupted into one preallocated tensor.
 ``--no-normalize-once`` with initlab's memory format is the script with initlab's exact
 settings (bench.py's ``plain_initlab_settings``; today the same as the fastest). What it
-leaves out is what the framework adds: checkpoints, TensorBoard, monitors, corrupted test sets,
-progress lines, config composition.
+leaves out is what the framework adds: checkpoints, TensorBoard, monitors, progress lines,
+config composition.
 
 Prints the test accuracy and where the time went; ``--json PATH`` writes the same as
-``{"test_acc", "settings", "fit_page_faults", "phases_s": {startup, data_load, build,
-first_step, fit, validation, test, total}}``: the speed settings in effect, the minor page
-faults during fit, and seconds (``validation`` inside ``fit``; ``startup``, ``first_step`` and
-``total`` counted from process start).
+``{"test_acc", "corrupted_acc", "settings", "fit_page_faults", "phases_s": {startup, data_load,
+build, first_step, fit, validation, test, robustness, total}}``: the corrupted sets'
+accuracies by initlab's metric names (``test_corrupt/noise_0.1``), the speed settings in effect,
+the minor page faults during fit, and seconds (``validation`` inside ``fit``; ``robustness``, the
+corrupted sets, only with levels; ``startup``, ``first_step`` and ``total`` counted from process
+start).
 """
 
 from __future__ import annotations
@@ -66,7 +73,8 @@ from torch import nn  # noqa: E402
 
 MEAN, STD = 0.1307, 0.3081  # initlab.data.mnist's
 SPLIT_SEED, NUM_VAL = 12345, 5_000
-DATA_ORDER = 0  # initlab.utils' stream for the data order
+DATA_ORDER, AUGMENTATION = 0, 1  # initlab.utils' streams for the data order and corruptions
+CORRUPT_CHUNK, NOISE_BANK = 1000, 1 << 22  # CorruptedBatches.CHUNK, Augment.NOISE_BANK
 
 
 def process_age_s() -> float:
@@ -138,13 +146,52 @@ def standardize(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model, images, labels, batch_size: int) -> float:
+def accuracy(model, images, labels, batch_size: int, prepare=standardize) -> float:
     model.eval()
-    correct = sum(int((model(standardize(images[i: i + batch_size])).argmax(1)
+    correct = sum(int((model(prepare(images[i: i + batch_size])).argmax(1)
                        == labels[i: i + batch_size]).sum())
                   for i in range(0, len(labels), batch_size))
     model.train()
     return correct / len(labels)
+
+
+def corrupted(images: torch.Tensor, kind: str, level: float, seed: int,
+              banks: dict) -> torch.Tensor:
+    """The test set (uint8) corrupted as initlab's ``robustness`` corrupts it, floats in [0, 1]:
+    in chunks of CORRUPT_CHUNK from one generator of the (seed, AUGMENTATION, 0, 0) stream,
+    Gaussian noise of std ``level`` (a window at a random offset of an N(0, 1) bank, clipped)
+    or a horizontal shear by an angle drawn in [-level, level] degrees (bilinear, zero fill)."""
+    device = images.device
+    stream = stream_seed(seed, AUGMENTATION, 0, 0)
+    gen = torch.Generator(device=device).manual_seed(stream)
+    out = torch.empty(len(images), 1, *images.shape[1:], device=device)
+    if kind == "noise":
+        offsets = torch.Generator().manual_seed(stream)
+        if device not in banks:  # every level's generator starts from this seed: one draw
+            banks[device] = torch.randn(NOISE_BANK, device=device, generator=gen)
+        bank = banks[device]
+    else:
+        height, width = images.shape[1:]
+        ys = ((torch.arange(height, device=device) * 2 + 1) / height - 1).view(height, 1)
+        xs = ((torch.arange(width, device=device) * 2 + 1) / width - 1).view(1, width)
+    for i in range(0, len(images), CORRUPT_CHUNK):
+        x = images[i: i + CORRUPT_CHUNK].unsqueeze(1).float().div_(255)
+        n = len(x)
+        if kind == "noise":
+            start = int(torch.randint(0, NOISE_BANK - x.numel() + 1, (1,), generator=offsets))
+            noise = bank[start: start + x.numel()].view(x.shape)
+            torch.add(x, noise, alpha=level, out=out[i: i + n]).clamp_(0.0, 1.0)
+            continue
+        uniform = torch.rand(n, device=device, generator=gen) * 2 - 1
+        shear = torch.tan(uniform * math.radians(level)).view(n, 1, 1)
+        for size in (n, n, 2 * n):  # initlab's rotation, zoom and shift draws (all zero here)
+            torch.rand(size, device=device, generator=gen)
+        grid = torch.empty(n, height, width, 2, device=device)
+        torch.add(xs, shear * ys, out=grid[..., 0])
+        grid[..., 1] = ys
+        out[i: i + n] = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                                      align_corners=False)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -168,6 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
                         "initlab; measured faster)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="channels-last conv weights (default: on for cpu, off for cuda)")
+    parser.add_argument("--noise", type=float, nargs="*", default=[], metavar="STD",
+                        help="corrupted test sets: Gaussian noise of these stds (robustness.noise)")
+    parser.add_argument("--skew", type=float, nargs="*", default=[], metavar="DEGREES",
+                        help="corrupted test sets: shear by these angles (robustness.skew)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--retain-freed-memory", action=argparse.BooleanOptionalAction,
                         default=True, help="glibc malloc keeps freed memory, as an initlab run "
@@ -176,6 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="keep the objects alive before training out of the garbage "
                         "collector's full passes (gc.freeze), as an initlab run does")
     args = parser.parse_args(argv)
+    for flag, levels, limit in (("--noise", args.noise, math.inf), ("--skew", args.skew, 90)):
+        if any(not 0 <= level < limit for level in levels):
+            parser.error(f"{flag} {levels}: each level must be >= 0 and < {limit}")
     phases = {"startup": startup}
     if args.retain_freed_memory:
         retain_freed_memory()
@@ -192,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_x, train_y, val_x, val_y, test_x, test_y = (t.to(device) for t in (
         images[perm[n_val:]], labels[perm[n_val:]], images[perm[:n_val]], labels[perm[:n_val]],
         test_x, test_y))
+    test_uint8 = test_x  # what the corrupted sets corrupt
     if args.normalize_once:
         train_x, val_x, test_x = (standardize(t) for t in (train_x, val_x, test_x))
     sync(device)
@@ -249,14 +304,29 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     test_acc = accuracy(model, test_x, test_y, args.eval_batch_size)
     phases["test"] = time.perf_counter() - start
+
+    corrupted_acc, banks = {}, {}
+    start = time.perf_counter()
+    for kind, levels in (("noise", args.noise), ("skew", args.skew)):
+        for level in levels:
+            images = corrupted(test_uint8, kind, level, args.seed, banks)
+            corrupted_acc[f"test_corrupt/{kind}_{level:g}"] = accuracy(
+                model, images, test_y, args.eval_batch_size, prepare=lambda x: (x - MEAN) / STD)
+    if corrupted_acc:
+        sync(device)
+        phases["robustness"] = time.perf_counter() - start
     phases["total"] = process_age_s()
     print(f"plain: {step} steps  val accuracy {val_acc:.4f}  test accuracy {test_acc:.4f}  "
           f"total {phases['total']:.1f} s")
     print("  " + "  ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+    if corrupted_acc:
+        print("  corrupted test sets: " + "  ".join(
+            f"{name.split('/')[1]} {acc:.4f}" for name, acc in corrupted_acc.items()))
     settings = {"device": args.device, "channels_last": channels_last,
                 "normalize_once": args.normalize_once,
                 "retain_freed_memory": args.retain_freed_memory, "freeze_gc": args.freeze_gc}
-    result = {"test_acc": test_acc, "val_acc": val_acc, "steps": step, "settings": settings,
+    result = {"test_acc": test_acc, "corrupted_acc": corrupted_acc, "val_acc": val_acc,
+              "steps": step, "settings": settings,
               "fit_page_faults": fit_page_faults,
               "phases_s": {k: round(v, 3) for k, v in phases.items()}}
     if args.json is not None:

@@ -86,9 +86,15 @@ def test_bench_quick_whole_processes(tmp_path, capsys):
                    for kind, suffix in (("whole_", ""), ("whole_", "_vs_initlab_settings"),
                                         ("", "_initlab_settings_vs_fastest"))}
     plain_settings = {"plain_glibc_defaults_vs_retained", "plain_gc_defaults_vs_frozen"}
-    assert set(whole["ratios"]) == per_command | {"first_step_vs_floor"} | plain_settings
+    # a corrupted set's cost against the plain script's same set and its clean test pass
+    corrupted = {"default_corrupted_set_vs_plain_corrupted_set",
+                 "default_corrupted_set_vs_plain_test"}
+    assert set(whole["ratios"]) == (per_command | {"first_step_vs_floor"} | plain_settings
+                                    | corrupted)
     assert all(r > 0 for r in whole["ratios"].values())
-    assert set(whole["ratio_spread"]) == per_command | plain_settings
+    assert set(whole["ratio_spread"]) == per_command | plain_settings | corrupted
+    assert list(whole["corrupted_acc_max_diff"]) == ["default"]
+    assert len(whole["corrupted_acc_max_diff"]["default"]) == 1
     # the plain script with initlab's settings: per-batch standardising, initlab's format
     assert "--no-normalize-once --channels-last" in " ".join(
         whole["plain_commands_initlab_settings"]["speedrun"])
@@ -105,7 +111,7 @@ def test_bench_quick_whole_processes(tmp_path, capsys):
     for name in ("speedrun", "default"):
         initlab, plain = whole["breakdown"][name]["initlab"], whole["breakdown"][name]["plain"]
         assert set(plain) == {"startup", "data_load", "build", "first_step", "fit", "validation",
-                              "test", "total"}
+                              "test", "total"} | ({"robustness"} if name == "default" else set())
         assert whole["test_acc_mean"][name]["plain"] == whole["test_acc"][name]["plain"][0]
         assert initlab["startup"] < initlab["first_step"] < initlab["total"]
         assert plain["startup"] < plain["first_step"] < plain["total"]
@@ -116,6 +122,8 @@ def test_bench_quick_whole_processes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "whole_speedrun" in printed and "whole-process breakdown" in printed
     assert "first_step_vs_floor" in printed
+    assert "default_corrupted_set_vs_plain_test" in printed
+    assert "default: corrupted test sets, largest accuracy difference" in printed
 
 
 @pytest.mark.slow  # whole processes or every case: CI runs it
@@ -138,6 +146,62 @@ def test_plain_reference_trains_the_same_in_its_fastest_and_initlab_settings(tin
     assert other["settings"]["normalize_once"] and not other["settings"]["channels_last"]
     assert fastest["test_acc"] == pytest.approx(other["test_acc"], abs=1 / 200 + 1e-9)
     assert fastest["steps"] == other["steps"] == -(-550 // 32)
+
+
+def load_plain_train():
+    """scripts/plain_train.py as a module (it is a standalone script, not in the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plain_train",
+                                                  ROOT / "scripts" / "plain_train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_plain_reference_corrupts_the_test_set_as_initlab_does(tmp_path, seed):
+    """The plain script's corrupted test sets hold initlab's images bit for bit (three chunks,
+    the last one short; noise levels sharing one bank), and another seed's differ."""
+    plain = load_plain_train()
+    data_dir = synthetic_mnist(tmp_path / "data", 600, 2500)
+    datamodule = MNISTDataModule(data_dir=str(data_dir), eval_batch_size=256, seed=seed,
+                                 verify=False, sources=["local"],
+                                 corruptions={"noise": [0.1, 0.5], "skew": [10, 45]})
+    datamodule.setup("test")
+    images, _ = datamodule.splits["test"]
+    banks = {}
+    for name, corrupt in datamodule.corruptions.items():
+        kind, level = name.split("/")[1].split("_")
+        expected = torch.cat([x for x, _ in datamodule._corrupted(corrupt)])
+        made = plain.corrupted(images, kind, float(level), seed, banks)
+        assert torch.equal((made - plain.MEAN) / plain.STD, expected), name
+        other = plain.corrupted(images, kind, float(level), seed + 1, {})
+        assert not torch.equal((other - plain.MEAN) / plain.STD, expected), name
+    assert len(banks) == 1
+
+
+@pytest.mark.slow  # a whole process
+def test_plain_reference_reports_its_corrupted_sets(tiny_data, tmp_path):
+    """--noise/--skew: one accuracy per level under initlab's metric names, timed apart from
+    the clean test pass; a bad level is refused before anything runs."""
+    script = [sys.executable, str(ROOT / "scripts" / "plain_train.py"), "--data-dir",
+              str(tiny_data), "--epochs", "1", "--batch-size", "32", "--channels", "4", "8",
+              "--hidden", "16"]
+    out = tmp_path / "plain.json"
+    proc = subprocess.run([*script, "--noise", "0.1", "0.5", "--skew", "10", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result["corrupted_acc"]) == ["test_corrupt/noise_0.1", "test_corrupt/noise_0.5",
+                                             "test_corrupt/skew_10"]
+    assert all(0 <= acc <= 1 for acc in result["corrupted_acc"].values())
+    assert result["phases_s"]["robustness"] > 0
+    assert "corrupted test sets: noise_0.1" in proc.stdout
+    refused = subprocess.run([*script, "--skew", "90"], capture_output=True, text=True,
+                             timeout=600)
+    assert refused.returncode == 2 and "--skew [90.0]" in refused.stderr
+    assert "plain:" not in refused.stdout
 
 
 def test_plain_reference_refuses_a_recipe_it_does_not_reproduce():

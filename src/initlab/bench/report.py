@@ -11,6 +11,7 @@ from initlab.bench.common import SPREAD_WARNING
 TARGETS = {"initlab_vs_lightning": ("<=", 1.02), "monitors_default_command": ("<=", 1.05),
            "augmented_vs_per_image": (">=", 20.0), "speedrun_time": ("<=", 1.2),
            "whole_speedrun": ("<=", 1.15), "first_step_vs_floor": ("<=", 2.0),
+           "default_corrupted_set_vs_plain_test": ("<=", 1.0),
            "shapeset_batch10_vs_step": ("<=", 0.10), "shapeset_rate_vs_100k": (">=", 1.0)}
 
 
@@ -73,6 +74,9 @@ def print_whole(result: dict) -> None:
               f"spread {result['ratio_spread'][f'whole_{n}']:.0%}); test accuracy per seed "
               f"initlab {result['test_acc'][n]['initlab']} (mean {mean['initlab']:.4f}), plain "
               f"{result['test_acc'][n]['plain']} (mean {mean['plain']:.4f})")
+    for n, diffs in result.get("corrupted_acc_max_diff", {}).items():
+        print(f"  {n}: corrupted test sets, largest accuracy difference initlab vs plain per "
+              f"round {[float(f'{d:.1e}') for d in diffs]} (the same images and weights: ~0)")
     faults = result.get("plain_fit_page_faults", {})
     if faults:
         print(f"  plain speedrun, minor page faults in fit (medians): glibc's malloc defaults "

@@ -38,8 +38,9 @@ PLAIN_RECIPE = {"optim._target_": "torch.optim.Adam", "optim.weight_decay": 0.0,
 
 def plain_args(cfg, data_dir: Path, device: str = "cpu") -> list[str]:
     """scripts/plain_train.py's arguments for the recipe of ``cfg`` on ``device`` (the
-    evaluation batch initlab takes there); refuses a recipe it does not reproduce (another
-    optimizer, augmentation, ...) rather than time something else."""
+    evaluation batch initlab takes there, and the corrupted test sets its run evaluates);
+    refuses a recipe it does not reproduce (another optimizer, augmentation, ...) rather than
+    time something else."""
     from omegaconf import OmegaConf
 
     for key, expected in PLAIN_RECIPE.items():
@@ -52,7 +53,11 @@ def plain_args(cfg, data_dir: Path, device: str = "cpu") -> list[str]:
                              f"(it does {expected!r})")
     eval_batch = eval_batch_in_effect(cfg.data.eval_batch_size, instantiate(cfg.model),
                                       MNISTDataModule.input_shape, torch.device(device))
-    return ["--data-dir", str(data_dir), "--epochs", str(cfg.trainer.max_epochs),
+    corruptions = []
+    if cfg.test and cfg.get("robustness"):
+        for kind, levels in cfg.robustness.items():
+            corruptions += [f"--{kind}", *map(str, levels)]
+    return [*corruptions, "--data-dir", str(data_dir), "--epochs", str(cfg.trainer.max_epochs),
             "--max-steps", str(cfg.trainer.max_steps), "--batch-size", str(cfg.data.batch_size),
             "--eval-batch-size", str(eval_batch), "--lr", str(cfg.optim.lr),
             "--betas", *map(str, cfg.optim.betas), "--pct-start", str(cfg.scheduler.pct_start),
@@ -111,6 +116,7 @@ def case_whole(settings: Settings, data_dir: Path, out: Path) -> dict:
                                                for n in WHOLE_COMMANDS}
     acc: dict[str, dict[str, list]] = {n: {"initlab": [], "plain": []} for n in WHOLE_COMMANDS}
     faults: dict[str, list[int]] = {"retained": [], "glibc_defaults": []}  # plain speedrun's fit
+    corrupted_diff: dict[str, list[float]] = {}  # per round: initlab's and plain's accuracies
     for r in range(settings.rounds):
         commands, plains = commands_for(r)
         for name in commands:
@@ -163,6 +169,15 @@ def case_whole(settings: Settings, data_dir: Path, out: Path) -> dict:
             parts[name]["plain"].append(plain["phases_s"])
             acc[name]["initlab"].append(result["metrics"].get("test/acc"))
             acc[name]["plain"].append(plain["test_acc"])
+            if plain["corrupted_acc"]:  # the same corrupted sets: a set's cost in each
+                n_sets = len(plain["corrupted_acc"])
+                per_set = result["timings_s"]["robustness"] / n_sets
+                ratios.setdefault(f"{name}_corrupted_set_vs_plain_corrupted_set", []).append(
+                    per_set / (plain["phases_s"]["robustness"] / n_sets))
+                ratios.setdefault(f"{name}_corrupted_set_vs_plain_test", []).append(
+                    per_set / plain["phases_s"]["test"])
+                corrupted_diff.setdefault(name, []).append(max(
+                    abs(result["metrics"][f"{k}/acc"] - v) for k, v in plain["corrupted_acc"].items()))
         times["import_torch"].append(timed_process(import_torch))
 
     def medians(rows: list[dict]) -> dict[str, float]:
@@ -176,6 +191,7 @@ def case_whole(settings: Settings, data_dir: Path, out: Path) -> dict:
               "breakdown": {n: {v: medians(rows) for v, rows in p.items()}
                             for n, p in parts.items()},
               "test_acc": acc, "rounds": settings.rounds,
+              "corrupted_acc_max_diff": corrupted_diff,
               "plain_fit_page_faults": {k: statistics.median(v) for k, v in faults.items() if v},
               "test_acc_mean": {n: {v: statistics.mean(a) for v, a in by.items()}
                                 for n, by in acc.items()}}
