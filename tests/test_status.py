@@ -113,6 +113,27 @@ def test_healthy_run_result(make_cfg, tmp_path):
     assert t["first_step"] < t["total"]
 
 
+@pytest.mark.parametrize("levels", [[0.1], [0.1, 0.2, 0.3]])
+def test_robustness_time_holds_every_corrupted_set(make_cfg, tmp_path, monkeypatch, levels):
+    """Each corrupted set is corrupted as its first batch is fetched: the first set's
+    corrupting counts in timings_s.robustness like the others', whatever the number of sets."""
+    from initlab.data.splits import CorruptedBatches
+
+    pause = 0.5  # beyond what corrupting the tiny test set costs
+    corrupt_pass = CorruptedBatches.__iter__
+
+    def slow_pass(self):
+        time.sleep(pause)
+        yield from corrupt_pass(self)
+
+    monkeypatch.setattr(CorruptedBatches, "__iter__", slow_pass)
+    run(make_cfg(f"robustness.noise={levels}", "robustness.skew=[]",
+                 f"output_dir={tmp_path / 'run'}"))
+    t = json.loads((tmp_path / "run" / "result.json").read_text())["timings_s"]
+    assert len(levels) * pause <= t["robustness"] < (len(levels) + 0.5) * pause
+    assert t["robustness"] < t["test"]
+
+
 @pytest.mark.parametrize("extra", [[], ["+callbacks.clock._target_=initlab.monitors.TrainClock"]])
 def test_validation_is_timed_once(make_cfg, extra):
     """One ValidationClock a fit: the TrainClock monitor when the callbacks hold one (its

@@ -56,25 +56,33 @@ class ValidationClock(L.Callback):
 class RunClock(L.Callback):
     """Marks, on a :class:`Timings`, the start of the first training batch this process runs
     (the batch already fetched, the forward not yet run), and adds to it the corrupted test
-    sets (the test loaders after the clean one, inside ``test``). Host clock: on CUDA a phase
-    ends when its last result is read back."""
+    sets (the test loaders after the clean one, inside ``test``): from the end of the clean
+    set's last batch, so the first corrupted set's corrupting, done as its first batch is
+    fetched, counts with the rest. Host clock: on CUDA a phase ends when its last result is
+    read back."""
 
     def __init__(self, clock: Timings):
         self.clock = clock
+        self._clean_end: float | None = None
         self._robustness_start: float | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.clock.first_step is None:
             self.clock.first_step = self.clock.age()
 
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                          dataloader_idx=0) -> None:
+        if dataloader_idx == 0:
+            self._clean_end = time.perf_counter()
+
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if dataloader_idx > 0 and self._robustness_start is None:
-            self._robustness_start = time.perf_counter()
+            self._robustness_start = self._clean_end or time.perf_counter()
 
     def on_test_end(self, trainer, pl_module) -> None:
         if self._robustness_start is not None:
             self.clock.add("robustness", time.perf_counter() - self._robustness_start)
-            self._robustness_start = None
+        self._robustness_start = self._clean_end = None
 
 
 class Timings:
