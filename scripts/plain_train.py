@@ -161,6 +161,8 @@ def corrupted(images: torch.Tensor, kind: str, level: float, seed: int,
     in chunks of CORRUPT_CHUNK from one generator of the (seed, AUGMENTATION, 0, 0) stream,
     Gaussian noise of std ``level`` (a window at a random offset of an N(0, 1) bank, clipped)
     or a horizontal shear by an angle drawn in [-level, level] degrees (bilinear, zero fill)."""
+    if level == 0:  # initlab's Augment at level 0 is the identity: no draws, no resampling
+        return images.unsqueeze(1).float().div_(255)
     device = images.device
     stream = stream_seed(seed, AUGMENTATION, 0, 0)
     gen = torch.Generator(device=device).manual_seed(stream)
